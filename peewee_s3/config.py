@@ -1,0 +1,139 @@
+"""config: every option of S3SqliteDatabase, built and validated in one place.
+
+`Options` is frozen; the rest of the package receives it and never re-checks an option.
+Credentials are kept out of its repr.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from .errors import ConfigurationError
+
+SYNC_MODES = ("async", "sync")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CREDENTIAL_KEYS = {"access_key_id", "secret_access_key", "session_token"}
+
+
+@dataclass(frozen=True)
+class Options:
+    """The replication options of one database (peewee's own options are not here)."""
+
+    storage: Any = None
+    database_name: str = None  # type: ignore[assignment]  (validated: required)
+    storage_root: Optional[str] = None
+    key_prefix: Optional[str] = None
+    region: Optional[str] = None
+    endpoint_url: Optional[str] = None
+    force_path_style: bool = False
+    credentials: Optional[Mapping[str, str]] = field(default=None, repr=False)
+    storage_options: Optional[Mapping[str, Any]] = field(default=None, repr=False)
+    sync_mode: str = "async"
+    sync_interval: float = 1.0
+    snapshot_interval: float = 300.0
+    lock_ttl: float = 60.0
+    lock_wait: float = 0.0
+    force_lock: bool = False
+    checkpoint_frames: int = 1000
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        _check_storage(self.storage, self.storage_root)
+        _check_name(self.database_name)
+        _check_prefix(self.key_prefix)
+        if self.sync_mode not in SYNC_MODES:
+            raise ConfigurationError(
+                f"sync_mode={self.sync_mode!r} is not known: use 'async' (shipped in the "
+                "background) or 'sync' (a commit returns once it is durable)")
+        for name in ("sync_interval", "snapshot_interval", "lock_ttl"):
+            _check_positive(name, getattr(self, name))
+        if self.lock_wait < 0:
+            raise ConfigurationError(f"lock_wait={self.lock_wait!r} must be 0 (fail at once) "
+                                     "or a number of seconds to wait for the lease")
+        if self.lock_ttl < 3:
+            raise ConfigurationError(
+                f"lock_ttl={self.lock_ttl!r} is too short to renew the lease in time: "
+                "use at least 3 seconds (the lease is renewed every lock_ttl / 3)")
+        if not isinstance(self.checkpoint_frames, int) or self.checkpoint_frames < 1:
+            raise ConfigurationError(
+                f"checkpoint_frames={self.checkpoint_frames!r} must be a positive integer")
+        _check_credentials(self.credentials)
+
+    @property
+    def base_key(self) -> str:
+        """The key under which everything of this database lives: `[key_prefix/]database_name`."""
+        if self.key_prefix:
+            return f"{self.key_prefix.strip('/')}/{self.database_name}"
+        return self.database_name
+
+    @property
+    def renew_every(self) -> float:
+        return self.lock_ttl / 3
+
+    def storage_kwargs(self) -> dict:
+        """The keyword arguments of `storage.open_storage` taken from these options."""
+        return dict(storage_root=self.storage_root, region=self.region,
+                    endpoint_url=self.endpoint_url, force_path_style=self.force_path_style,
+                    credentials=self.credentials, storage_options=self.storage_options)
+
+
+def _check_storage(storage: Any, storage_root: Optional[str]) -> None:
+    if storage is None or storage == "":
+        raise ConfigurationError(
+            "storage is required: an fsspec URL such as 's3://bucket/path', 'file:///var/backups' "
+            "or 'memory://name', or an fsspec filesystem with storage_root='bucket/path'")
+    if isinstance(storage, str):
+        if "://" not in storage:
+            raise ConfigurationError(
+                f"storage={storage!r} is not a URL: write it as 's3://bucket', 'file:///dir' "
+                "or 'memory://name'")
+        if storage_root is not None:
+            raise ConfigurationError("storage_root is only for an fsspec filesystem instance; "
+                                     "with a URL, put the path in the URL")
+    elif not hasattr(storage, "protocol"):
+        raise ConfigurationError(
+            f"storage must be an fsspec URL or an fsspec filesystem, not {type(storage).__name__}")
+
+
+def _check_name(name: Any) -> None:
+    if not name or not isinstance(name, str):
+        raise ConfigurationError(
+            "database_name is required: a unique name for this database in the storage, "
+            "e.g. database_name='orders' (letters, digits, '.', '_', '-')")
+    if name in (".", "..") or not _NAME.match(name):
+        raise ConfigurationError(
+            f"database_name={name!r} is not allowed: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit (no '/', no '..')")
+
+
+def _check_prefix(prefix: Any) -> None:
+    if prefix is None:
+        return
+    if not isinstance(prefix, str) or not prefix.strip("/"):
+        raise ConfigurationError(f"key_prefix={prefix!r} must be a non-empty path such as "
+                                 "'apps/prod', or None")
+    for part in prefix.strip("/").split("/"):
+        if part in ("", ".", "..") or not _NAME.match(part):
+            raise ConfigurationError(
+                f"key_prefix={prefix!r} has the part {part!r}, which is not allowed: parts are "
+                "separated by single '/', use letters, digits, '.', '_', '-', and no '..'")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(f"{name}={value!r} must be a positive number of seconds")
+
+
+def _check_credentials(credentials: Any) -> None:
+    if credentials is None:
+        return
+    if not isinstance(credentials, Mapping):
+        raise ConfigurationError("credentials must be a dict with 'access_key_id' and "
+                                 "'secret_access_key' (and optionally 'session_token')")
+    unknown = set(credentials) - _CREDENTIAL_KEYS
+    missing = {"access_key_id", "secret_access_key"} - set(credentials)
+    if unknown or missing:
+        raise ConfigurationError(
+            f"credentials has unknown keys {sorted(unknown)} or lacks {sorted(missing)}: "
+            "give 'access_key_id' and 'secret_access_key' (and optionally 'session_token')")

@@ -1,0 +1,49 @@
+"""errors: every exception peewee-s3 raises on purpose.
+
+Each message says what happened, to which object, and what to do next. None may contain a
+secret: build messages from keys, names and URLs with credentials removed, never from options.
+"""
+
+
+class PeeweeS3Error(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigurationError(PeeweeS3Error, ValueError):
+    """An option is missing or wrong, or the storage cannot do what the options ask."""
+
+
+class StorageError(PeeweeS3Error, OSError):
+    """The storage could not be read or written (after botocore's retries)."""
+
+
+class ObjectNotFoundError(StorageError, FileNotFoundError):
+    """An object the caller asked for does not exist in the storage."""
+
+
+class PreconditionFailedError(StorageError):
+    """A conditional write or delete lost: the object exists, or changed since it was read."""
+
+
+class LeaseError(PeeweeS3Error):
+    """Base class of the lease errors."""
+
+
+class LeaseHeldError(LeaseError):
+    """Another live writer holds the lease on this database."""
+
+
+class LeaseLostError(LeaseError):
+    """This writer lost its lease (another took it over): it is fenced and may not write."""
+
+
+class ReplicaCorruptError(PeeweeS3Error):
+    """An object in the storage is corrupt, truncated or missing from its chain."""
+
+
+class LocalStateError(PeeweeS3Error):
+    """The local file and the storage disagree in a way that cannot be resolved safely."""
+
+
+class NothingToRestoreError(PeeweeS3Error, FileNotFoundError):
+    """The storage holds no complete generation of this database."""

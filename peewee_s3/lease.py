@@ -1,0 +1,177 @@
+"""lease: the one-writer lock, `lock.json`, taken and renewed with conditional writes only.
+
+The lease names its holder (a random id, host, pid), an epoch that grows with every new holder,
+the current generation and when it expires. A holder that finds another id or epoch in
+`lock.json` has lost it: the caller must stop writing (fencing). It never touches SQLite.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Optional
+
+from .errors import (LeaseHeldError, LeaseLostError, ObjectNotFoundError,
+                     PreconditionFailedError, ReplicaCorruptError)
+from .storage import Storage
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """The content of `lock.json`; every field is at the top level."""
+
+    holder_id: str
+    host: str
+    pid: int
+    epoch: int
+    generation: Optional[str]
+    acquired_at: float
+    expires_at: float
+    released: bool = False
+    format: int = FORMAT
+
+    def is_live(self, now: float) -> bool:
+        return not self.released and self.expires_at > now
+
+    def same_holder(self, other: "LeaseRecord") -> bool:
+        return (self.holder_id, self.epoch) == (other.holder_id, other.epoch)
+
+    def describe(self) -> str:
+        return f"{self.holder_id} on {self.host} (pid {self.pid}, epoch {self.epoch})"
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), indent=1).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, key: str) -> "LeaseRecord":
+        try:
+            raw = json.loads(data)
+            if not isinstance(raw, dict) or "format" not in raw:
+                raise ValueError("no 'format' field")
+        except ValueError as exc:
+            raise ReplicaCorruptError(
+                f"{key} is not a peewee-s3 lease ({exc}). If no writer is running, remove it "
+                "(peewee-s3 lease release --force) and connect again") from None
+        if raw["format"] != FORMAT:
+            raise ReplicaCorruptError(
+                f"{key} has lease format {raw['format']!r}, this version knows {FORMAT}: "
+                "it was written by another version of peewee-s3; upgrade before writing here")
+        try:
+            return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+        except TypeError as exc:
+            raise ReplicaCorruptError(f"{key} lacks lease fields ({exc}); remove it with "
+                                      "peewee-s3 lease release --force if no writer runs") from None
+
+
+def read_lease(storage: Storage, key: str) -> Optional[LeaseRecord]:
+    """The lease as stored, or None if there is none."""
+    try:
+        return LeaseRecord.from_bytes(storage.read(key), key)
+    except ObjectNotFoundError:
+        return None
+
+
+class Lease:
+    """This process's claim on one database's `lock.json`.
+
+    Not thread-safe by itself: the replicator thread is its only user once the session is open.
+    """
+
+    def __init__(self, storage: Storage, key: str, ttl: float, *, force: bool = False,
+                 wait: float = 0.0) -> None:
+        self.storage, self.key, self.ttl, self.force, self.wait = storage, key, ttl, force, wait
+        self.holder_id = secrets.token_hex(8)
+        self.record: Optional[LeaseRecord] = None
+        self.previous: Optional[LeaseRecord] = None
+        self._tag: Optional[str] = None
+
+    @property
+    def epoch(self) -> int:
+        return self.record.epoch if self.record else 0
+
+    @property
+    def generation(self) -> Optional[str]:
+        return self.record.generation if self.record else None
+
+    def acquire(self) -> LeaseRecord:
+        """Take the lease, waiting up to `wait` seconds for a live holder to let go."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                return self._try_acquire()
+            except LeaseHeldError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+            except PreconditionFailedError:
+                continue
+
+    def _try_acquire(self) -> LeaseRecord:
+        now = time.time()
+        try:
+            data, tag = self.storage.read_tagged(self.key)
+        except ObjectNotFoundError:
+            return self._store(self._new_record(1, None, now), None)
+        current = LeaseRecord.from_bytes(data, self.key)
+        if current.is_live(now) and not self.force:
+            raise LeaseHeldError(
+                f"the lease on {self.storage.describe()}/{self.key} is held by "
+                f"{current.describe()} for {current.expires_at - now:.0f} more seconds. Stop "
+                "that writer (its shutdown() releases the lease), wait for it to expire, use "
+                "lock_wait=SECONDS to wait, or force_lock=True to take it over (dev only)")
+        self.previous = current
+        return self._store(self._new_record(current.epoch + 1, current.generation, now), tag)
+
+    def _new_record(self, epoch: int, generation: Optional[str], now: float) -> LeaseRecord:
+        return LeaseRecord(self.holder_id, socket.gethostname(), os.getpid(), epoch, generation,
+                           now, now + self.ttl)
+
+    def _store(self, record: LeaseRecord, tag: Optional[str]) -> LeaseRecord:
+        data = record.to_bytes()
+        self._tag = (self.storage.create(self.key, data) if tag is None
+                     else self.storage.replace(self.key, data, tag))
+        self.record = record
+        return record
+
+    def renew(self, generation: Optional[str] = None) -> LeaseRecord:
+        """Push the expiry out (and record a new current generation); LeaseLostError if lost."""
+        assert self.record is not None, "renew() before acquire()"
+        changes = {"expires_at": time.time() + self.ttl}
+        if generation is not None:
+            changes["generation"] = generation
+        try:
+            return self._store(replace(self.record, **changes), self._tag)
+        except (PreconditionFailedError, ObjectNotFoundError):
+            self.check()
+            return self._store(replace(self.record, **changes), self._tag)
+
+    def check(self) -> None:
+        """Raise LeaseLostError unless `lock.json` still names this holder and epoch."""
+        assert self.record is not None, "check() before acquire()"
+        try:
+            data, tag = self.storage.read_tagged(self.key)
+        except ObjectNotFoundError:
+            raise self._lost("lock.json was deleted") from None
+        if tag == self._tag:
+            return
+        stored = LeaseRecord.from_bytes(data, self.key)
+        if not stored.same_holder(self.record):
+            raise self._lost(f"it is now held by {stored.describe()}")
+        self._tag, self.record = tag, stored
+
+    def _lost(self, why: str) -> LeaseLostError:
+        return LeaseLostError(
+            f"this writer ({self.record.describe()}) lost the lease on {self.key}: {why}. "
+            "It is fenced: nothing more is uploaded and writes fail. Commits not yet shipped "
+            "stay in the local file; open the database again to continue from storage")
+
+    def release(self) -> None:
+        """Mark the lease released (keeping epoch and generation for the next holder)."""
+        if self.record is None:
+            return
+        self._store(replace(self.record, released=True, expires_at=time.time()), self._tag)

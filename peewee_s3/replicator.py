@@ -1,0 +1,361 @@
+"""replicator: ships committed WAL pages to storage and keeps the lease — one thread per database.
+
+It reads new commits out of the WAL under SQLite's write lock (local I/O only), releases the
+lock, checks the lease, and uploads them as a segment of the current generation; it renews the
+lease, starts new generations with a snapshot, and checkpoints only frames already durable.
+Network I/O never happens while it holds SQLite's write lock.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from .config import Options
+from .errors import LeaseLostError, PeeweeS3Error
+from .layout import Layout, new_generation_id
+from .lease import Lease
+from .segments import CommitRecord, Segment
+from .sidecar import Sidecar, write_sidecar
+from .snapshots import copy_database, upload_snapshot
+from .storage import Storage
+from .wal import WalPosition, WalRead, read_commits, wal_path
+
+log = logging.getLogger("peewee_s3")
+
+
+@dataclass
+class Shipped:
+    """Where replication stands: the generation, its last stored segment, the WAL read so far."""
+
+    generation: Optional[str] = None
+    seq: int = 0
+    position: WalPosition = WalPosition()
+    cycle: Optional[int] = None
+    last_sync: Optional[float] = None
+    last_snapshot: Optional[float] = None
+    bytes_uploaded: int = 0
+    segments_uploaded: int = 0
+    commits_uploaded: int = 0
+
+
+class Tickets:
+    """Group commit: each captured commit takes a ticket; one shipment covers every ticket
+    issued before it started. `_cond` guards both counters."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.issued = 0
+        self.shipped = 0
+
+    def issue(self) -> int:
+        with self._cond:
+            self.issued += 1
+            return self.issued
+
+    def covered(self, ticket: int) -> bool:
+        with self._cond:
+            return self.shipped >= ticket
+
+    def mark_shipped(self, through: int) -> None:
+        with self._cond:
+            self.shipped = max(self.shipped, through)
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return self.issued - self.shipped
+
+
+class Replicator:
+    def __init__(self, path: str, options: Options, storage: Storage, lease: Lease,
+                 origin: str) -> None:
+        self.path, self.options, self.storage, self.lease = path, options, storage, lease
+        self.origin = origin
+        self.layout = Layout(options.base_key)
+        self.shipped = Shipped()
+        self.tickets = Tickets()
+        self.fenced: Optional[LeaseLostError] = None
+        self.last_error: Optional[Exception] = None
+        # `_io` serialises every step that reads the WAL or talks to storage: the thread's loop,
+        # sync-mode commits shipping their own pages, db.sync(), db.snapshot() and shutdown.
+        self._io = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._safe_restart: Optional[tuple] = None
+        self._last_renewal = time.monotonic()
+        self._wal_stat: Optional[tuple] = None
+        self._writer = self._open_connection()
+        self._reader = self._open_connection()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _open_connection(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        # A connection keeps the WAL alive only once it has read: see ENVIRONMENT.md.
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+
+    def close_connections(self) -> None:
+        for conn in (self._writer, self._reader):
+            conn.close()
+
+    def _read_locked(self, action: Optional[Callable[[WalRead], None]] = None) -> WalRead:
+        """Read the commits after our position while holding SQLite's write lock (no network);
+        `action` runs under the same lock."""
+        self._writer.execute("BEGIN IMMEDIATE")
+        try:
+            read = read_commits(wal_path(self.path), self.shipped.position, verify=False)
+            if action:
+                action(read)
+            return read
+        finally:
+            self._writer.execute("ROLLBACK")
+
+    # -- the thread --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"peewee-s3 {self.layout.base}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join()
+            self._thread = None
+
+    def notify(self) -> None:
+        """A commit happened: ship soon (at most one shipment per sync_interval)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        interval = self.options.sync_interval
+        while not self._stop.is_set() and not self.fenced:
+            self._wake.wait(min(interval, self.options.renew_every))
+            if self._stop.is_set():
+                break
+            since = time.time() - (self.shipped.last_sync or 0)
+            if since < interval:
+                self._stop.wait(interval - since)
+            self._wake.clear()
+            try:
+                with self._io:
+                    self._tick()
+                self.last_error = None
+            except LeaseLostError:
+                break
+            except (PeeweeS3Error, sqlite3.Error, OSError) as exc:
+                self.last_error = exc
+                log.warning("replication of %s failed, will retry: %s", self.layout.base, exc)
+                self._stop.wait(interval)
+
+    def _tick(self) -> None:
+        if time.monotonic() - self._last_renewal >= self.options.renew_every:
+            self.renew()
+        changed = self._wal_changed()
+        snapshot_due = (time.time() - (self.shipped.last_snapshot or 0)
+                        >= self.options.snapshot_interval)
+        if snapshot_due and (changed or self.shipped.seq > 0):
+            self.start_generation()
+        elif changed:
+            self.ship()
+        self.checkpoint()
+
+    def _wal_changed(self) -> bool:
+        """Whether the WAL file changed since we last looked (catches raw sqlite3 writes)."""
+        try:
+            st = os.stat(wal_path(self.path))
+            stat = (st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            stat = None
+        changed, self._wal_stat = stat != self._wal_stat, stat
+        return changed or self.tickets.pending > 0
+
+    # -- lease -------------------------------------------------------------------------------
+
+    def _fence(self, exc: LeaseLostError) -> LeaseLostError:
+        if not self.fenced:
+            self.fenced = exc
+            log.error("%s", exc)
+        return exc
+
+    def check_fenced(self) -> None:
+        if self.fenced:
+            raise LeaseLostError(str(self.fenced))
+
+    def _guard(self, step: Callable):
+        """Run a storage step; a lost lease fences this writer for good."""
+        self.check_fenced()
+        try:
+            return step()
+        except LeaseLostError as exc:
+            raise self._fence(exc) from None
+
+    def renew(self, generation: Optional[str] = None) -> None:
+        with self._io:
+            self._guard(lambda: self.lease.renew(generation))
+            self._last_renewal = time.monotonic()
+            log.debug("renewed the lease on %s (epoch %d)", self.layout.base, self.lease.epoch)
+
+    # -- shipping ----------------------------------------------------------------------------
+
+    def ship(self) -> None:
+        """Upload every commit in the WAL that is not in storage yet, as one segment."""
+        with self._io:
+            self.check_fenced()
+            through = self.tickets.issued
+            read = self._read_locked()
+            if read.restarted and not self._restart_is_safe(read):
+                log.warning("the WAL of %s was checkpointed by someone else: starting a new "
+                            "generation so that no commit is lost", self.path)
+                self.start_generation()
+                return
+            if read.commits:
+                self._upload_segment(read)
+            self.tickets.mark_shipped(through)
+
+    def _restart_is_safe(self, read: WalRead) -> bool:
+        """A new WAL cycle loses nothing if we checkpointed the old one whole, all shipped."""
+        expected = (self.shipped.position.salts, self.shipped.position.frames, self.shipped.cycle)
+        return (self._safe_restart == expected
+                and read.header.checkpoint_seq == (self.shipped.cycle or 0) + 1)
+
+    def _upload_segment(self, read: WalRead) -> None:
+        now = time.time()
+        seq = self.shipped.seq + 1
+        segment = Segment(self.shipped.generation, seq, self.lease.epoch, read.header.page_size,
+                          tuple(CommitRecord(now, c.db_pages, c.pages) for c in read.commits))
+        data = segment.encode()
+        key = self.layout.segment(self.shipped.generation, seq)
+        self._guard(self.lease.check)
+        self.storage.create(key, data)
+        if self.options.sync_mode == "sync":
+            self._guard(self.lease.check)
+        s = self.shipped
+        s.seq, s.position, s.cycle, s.last_sync = seq, read.position, read.header.checkpoint_seq, now
+        s.bytes_uploaded += len(data)
+        s.segments_uploaded += 1
+        s.commits_uploaded += len(read.commits)
+        self.write_sidecar()
+        log.info("shipped %d commits of %s as %s (%d bytes)", len(read.commits),
+                 self.layout.base, key, len(data))
+
+    def wait_durable(self, ticket: int) -> None:
+        """Sync mode: return once the commit holding `ticket` is in storage, or raise."""
+        while not self.tickets.covered(ticket):
+            self.check_fenced()
+            with self._io:
+                if not self.tickets.covered(ticket):
+                    self.ship()
+
+    def write_sidecar(self) -> None:
+        s = self.shipped
+        write_sidecar(self.path, Sidecar(self.origin, s.generation, s.seq, self.lease.epoch,
+                                         list(s.position.salts) if s.position.salts else None,
+                                         s.position.frames))
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Move shipped frames into the database file so the WAL can start over.
+
+        Holds the write lock so that no frame is committed between "all shipped" and the
+        checkpoint; the checkpoint runs on the other connection (a connection holding the write
+        lock cannot checkpoint), in PASSIVE mode, which needs no write lock.
+        """
+        with self._io:
+            if self.shipped.position.frames < self.options.checkpoint_frames:
+                return
+
+            def passive(read: WalRead) -> None:
+                if read.commits or read.restarted:
+                    return
+                _, wal_frames, done = self._reader.execute(
+                    "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if wal_frames == done == self.shipped.position.frames:
+                    p = self.shipped.position
+                    self._safe_restart = (p.salts, p.frames, self.shipped.cycle)
+
+            self._read_locked(passive)
+
+    def checkpoint_truncate(self) -> bool:
+        """Empty the WAL (everything in it must be shipped or in the current snapshot)."""
+        busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            return False
+        self.shipped.position, self.shipped.cycle, self._safe_restart = WalPosition(), None, None
+        return True
+
+    # -- generations -------------------------------------------------------------------------
+
+    def start_generation(self) -> str:
+        """Snapshot the database as it is now and make it the start of a new generation."""
+        with self._io:
+            self.check_fenced()
+            through = self.tickets.issued
+            parent = ({"generation": self.shipped.generation, "seq": self.shipped.seq}
+                      if self.shipped.generation else None)
+            generation = new_generation_id()
+            fd, temp = tempfile.mkstemp(prefix=".snapshot-", suffix=".db",
+                                        dir=os.path.dirname(os.path.abspath(self.path)))
+            os.close(fd)
+            try:
+                read = self._pin_reader()
+                try:
+                    page_size = copy_database(self._reader, temp)
+                finally:
+                    self._reader.execute("COMMIT")
+                self._guard(self.lease.check)
+                meta = upload_snapshot(self.storage, self.layout, generation, temp,
+                                       epoch=self.lease.epoch, page_size=page_size, parent=parent)
+            finally:
+                for suffix in ("", "-journal", "-wal", "-shm"):
+                    if os.path.exists(temp + suffix):
+                        os.unlink(temp + suffix)
+            self.renew(generation)
+            s = self.shipped
+            s.generation, s.seq, s.last_snapshot = generation, 0, meta.created_at
+            s.position = read.position
+            s.cycle = read.header.checkpoint_seq if read.header else s.cycle
+            s.bytes_uploaded += meta.size
+            self._safe_restart = None
+            self.write_sidecar()
+            self.tickets.mark_shipped(through)
+            log.info("started generation %s of %s with a %d-byte snapshot", generation,
+                     self.layout.base, meta.size)
+            return generation
+
+    def _pin_reader(self) -> WalRead:
+        """Open a read transaction on the reader at exactly the WAL's last commit, and return
+        that read: writers are held off only while the transaction starts."""
+        def pin(_read: WalRead) -> None:
+            self._reader.execute("BEGIN")
+            self._reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return self._read_locked(pin)
+
+    def adopt(self, generation: str, seq: int, created_at: float) -> None:
+        """Carry on in a stored generation whose end is this file's state (WAL emptied)."""
+        s = self.shipped
+        s.generation, s.seq, s.last_snapshot = generation, seq, created_at
+        self.write_sidecar()
+
+    def pending_bytes(self) -> int:
+        """WAL bytes written after the position shipped (an estimate: frames, not pages)."""
+        try:
+            size = os.path.getsize(wal_path(self.path))
+        except FileNotFoundError:
+            return 0
+        page_size = self._writer.execute("PRAGMA page_size").fetchone()[0]
+        shipped = 32 + self.shipped.position.frames * (24 + page_size)
+        return max(0, size - shipped) if self.shipped.position.salts else size

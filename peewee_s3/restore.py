@@ -1,0 +1,238 @@
+"""restore: rebuilds a database file from storage alone — latest state or a point in time.
+
+It picks a complete generation, streams its snapshot, verifies and applies its segments in
+order, runs `PRAGMA integrity_check`, and only then puts the file in place (temp, fsync,
+rename). It never writes to storage, and never overwrites a file without moving it aside.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from .errors import (ConfigurationError, LocalStateError, NothingToRestoreError,
+                     ObjectNotFoundError, ReplicaCorruptError)
+from .layout import Layout
+from .lease import read_lease
+from .segments import Segment
+from .snapshots import SnapshotMeta, download_snapshot, read_meta
+from .storage import Storage
+
+log = logging.getLogger("peewee_s3")
+
+
+@dataclass(frozen=True)
+class RestoredState:
+    """Where a restored file stands: the generation, its last applied segment, last commit time."""
+
+    generation: str
+    seq: int
+    commits: int
+    last_commit_time: Optional[float]
+    path: str
+
+
+def complete_generations(storage: Storage, layout: Layout) -> list:
+    """The metas of every complete generation (one with a snapshot meta), oldest first."""
+    metas = []
+    for info in storage.list(layout.generations):
+        generation = layout.generation_of(info.key)
+        if generation and info.key == layout.snapshot_meta(generation):
+            metas.append(read_meta(storage, layout, generation))
+    return sorted(metas, key=lambda m: (m.created_at, m.generation))
+
+
+def segment_seqs(storage: Storage, layout: Layout, generation: str) -> list:
+    """The sequence numbers of a generation's segments, checked to run 1, 2, 3… without a gap."""
+    seqs = sorted(s for s in (layout.segment_seq(i.key)
+                              for i in storage.list(layout.segments(generation))) if s)
+    for expected, seq in enumerate(seqs, start=1):
+        if seq != expected:
+            raise ReplicaCorruptError(
+                f"segment {layout.segment(generation, expected)} is missing from the chain "
+                f"(the next one stored is {seq}). Restore to an earlier time, or another "
+                "generation (peewee-s3 generations)")
+    return seqs
+
+
+def current_generation(storage: Storage, layout: Layout) -> SnapshotMeta:
+    """The generation a latest-state restore reads: lock.json's, else the newest complete one."""
+    lease = read_lease(storage, layout.lock)
+    if lease and lease.generation:
+        try:
+            return read_meta(storage, layout, lease.generation)
+        except ObjectNotFoundError:
+            log.warning("lock.json names generation %s, which is incomplete; using the newest "
+                        "complete generation", lease.generation)
+    metas = complete_generations(storage, layout)
+    if not metas:
+        raise NothingToRestoreError(
+            f"{storage.describe()} holds no complete generation of {layout.base!r}: check "
+            "storage, key_prefix and database_name, or start a new database there")
+    return metas[-1]
+
+
+def _generation_at(storage: Storage, layout: Layout, at: float) -> tuple:
+    """The generation holding the state at time `at`, and the last segment of it to read."""
+    metas = complete_generations(storage, layout)
+    if not metas:
+        raise NothingToRestoreError(f"{storage.describe()} holds no complete generation of "
+                                    f"{layout.base!r}")
+    earlier = [m for m in metas if m.created_at <= at]
+    if not earlier:
+        oldest = _iso(metas[0].created_at)
+        raise NothingToRestoreError(
+            f"no state of {layout.base!r} at {_iso(at)} is kept: the oldest available is "
+            f"{oldest}. Restore to {oldest} or later")
+    meta = earlier[-1]
+    successors = [m for m in metas if m.parent and m.parent.get("generation") == meta.generation]
+    until = min((m.parent["seq"] for m in successors), default=None)
+    return meta, until
+
+
+def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[float] = None,
+               generation: Optional[str] = None, until_seq: Optional[int] = None
+               ) -> RestoredState:
+    """Rebuild the database into `target`, which must not exist; see the module docstring."""
+    if generation is not None:
+        meta = read_meta(storage, layout, generation)
+    elif at is not None:
+        meta, until_seq = _generation_at(storage, layout, at)
+    else:
+        meta = current_generation(storage, layout)
+    directory = os.path.dirname(os.path.abspath(target))
+    fd, temp = tempfile.mkstemp(prefix=".restore-", suffix=".db", dir=directory)
+    try:
+        with os.fdopen(fd, "r+b") as f:
+            download_snapshot(storage, layout, meta, f)
+            seq, commits, last_time = _apply_segments(storage, layout, meta, f, at, until_seq)
+            f.flush()
+            os.fsync(f.fileno())
+        _check_integrity(temp, meta.generation)
+        _fsync_dir(directory)
+        os.rename(temp, target)
+    except BaseException:
+        _remove_database_files(temp)
+        raise
+    log.info("restored %s generation %s through segment %d (%d commits) to %s",
+             layout.base, meta.generation, seq, commits, target)
+    return RestoredState(meta.generation, seq, commits, last_time, target)
+
+
+def _apply_segments(storage: Storage, layout: Layout, meta: SnapshotMeta, f, at, until_seq):
+    seq = commits = 0
+    last_time = None
+    for seq_number in segment_seqs(storage, layout, meta.generation):
+        if until_seq is not None and seq_number > until_seq:
+            break
+        key = layout.segment(meta.generation, seq_number)
+        segment = Segment.decode(storage.read(key), key)
+        if (segment.generation, segment.seq) != (meta.generation, seq_number):
+            raise ReplicaCorruptError(f"segment {key} says it is {segment.generation}/"
+                                      f"{segment.seq}: it was put in the wrong place")
+        for commit in segment.commits:
+            if at is not None and commit.time > at:
+                return seq, commits, last_time
+            commit.apply_to(f, meta.page_size)
+            commits, last_time = commits + 1, commit.time
+        seq = seq_number
+    return seq, commits, last_time
+
+
+def _check_integrity(path: str, generation: str) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+    except sqlite3.DatabaseError as exc:
+        result = [str(exc)]
+    finally:
+        conn.close()
+    if result != ["ok"]:
+        raise ReplicaCorruptError(
+            f"the database rebuilt from generation {generation} fails PRAGMA integrity_check "
+            f"({'; '.join(result[:3])}). Restore another generation or an earlier time")
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_database_files(path: str) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.unlink(path + suffix)
+        except FileNotFoundError:
+            pass
+
+
+def move_aside(path: str) -> str:
+    """Rename a database file (with its -wal/-shm) out of the way; returns the new name."""
+    aside = f"{path}.before-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.rename(path + suffix, aside + suffix)
+    return aside
+
+
+def parse_time(value: Union[str, float, dt.datetime]) -> float:
+    """A point in time as unix seconds: a datetime or ISO-8601 string (naive means UTC)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigurationError(f"timestamp {value!r} is not ISO-8601; write it like "
+                                     "2026-11-25T14:02:00Z") from None
+    if not isinstance(value, dt.datetime):
+        raise ConfigurationError(f"timestamp must be a datetime or ISO-8601 string, "
+                                 f"not {type(value).__name__}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.timestamp()
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def restore(*, storage: Any, database_name: str, target: str, timestamp: Any = None,
+            generation: Optional[str] = None, overwrite: bool = False, **options: Any
+            ) -> RestoredState:
+    """Restore a database from storage into the file `target`.
+
+    Takes the same storage options as S3SqliteDatabase (key_prefix, endpoint_url, credentials,
+    …). `timestamp` (datetime or ISO-8601; naive is UTC) restores the newest commit at or before
+    it; `generation` a given generation. An existing `target` is refused unless `overwrite`,
+    and then it is moved aside, never lost.
+    """
+    from .config import Options
+    from .storage import open_storage
+
+    opts = Options(storage=storage, database_name=database_name, **options)
+    if os.path.exists(target) and os.path.getsize(target) > 0 and not overwrite:
+        raise LocalStateError(f"{target} exists: restore refuses to overwrite it. Choose another "
+                              "target, or pass overwrite=True to move the old file aside")
+    at = parse_time(timestamp) if timestamp is not None else None
+    store = open_storage(opts.storage, **opts.storage_kwargs())
+    try:
+        layout = Layout(opts.base_key)
+        staging = target + ".restoring"
+        _remove_database_files(staging)
+        state = restore_to(store, layout, staging, at=at, generation=generation)
+        if os.path.exists(target):
+            log.warning("moved %s aside to %s", target, move_aside(target))
+        os.rename(staging, target)
+        return RestoredState(state.generation, state.seq, state.commits,
+                             state.last_commit_time, target)
+    finally:
+        store.close()

@@ -1,0 +1,110 @@
+"""segments: the object that carries committed pages from one generation's WAL to storage.
+
+A segment holds one or more commits, each with its commit time, the database size after it and
+the image of every page it changed. Encoding and decoding only; see docs/FORMAT.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from .errors import ReplicaCorruptError
+
+MAGIC = b"PWS3SEG1"
+FORMAT = 1
+_LENGTH = struct.Struct(">I")
+_PGNO = struct.Struct(">I")
+_DIGEST = 32
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """One commit: when it was captured (unix seconds, UTC), database size after it, its pages."""
+
+    time: float
+    db_pages: int
+    pages: dict
+
+    def apply_to(self, f: BinaryIO, page_size: int) -> None:
+        """Write the pages into a database file and cut it to the size after the commit."""
+        for pgno, data in self.pages.items():
+            f.seek((pgno - 1) * page_size)
+            f.write(data)
+        f.truncate(self.db_pages * page_size)
+
+
+@dataclass(frozen=True)
+class Segment:
+    generation: str
+    seq: int
+    epoch: int
+    page_size: int
+    commits: tuple
+
+    @property
+    def first_time(self) -> float:
+        return self.commits[0].time
+
+    @property
+    def last_time(self) -> float:
+        return self.commits[-1].time
+
+    def encode(self) -> bytes:
+        """MAGIC, header length, JSON header, zlib body of (pgno, page) records, then sha256."""
+        body = b"".join(_PGNO.pack(pgno) + data
+                        for commit in self.commits for pgno, data in commit.pages.items())
+        header = json.dumps({
+            "format": FORMAT, "generation": self.generation, "seq": self.seq,
+            "epoch": self.epoch, "page_size": self.page_size, "body_length": len(body),
+            "commits": [{"time": c.time, "db_pages": c.db_pages, "pages": len(c.pages)}
+                        for c in self.commits],
+        }, separators=(",", ":")).encode()
+        payload = MAGIC + _LENGTH.pack(len(header)) + header + zlib.compress(body, 6)
+        return payload + hashlib.sha256(payload).digest()
+
+    @classmethod
+    def decode(cls, data: bytes, key: str) -> "Segment":
+        """The segment stored at `key`; any damage raises ReplicaCorruptError naming the key."""
+        payload, digest = data[:-_DIGEST], data[-_DIGEST:]
+        if len(data) < len(MAGIC) + _LENGTH.size + _DIGEST or not payload.startswith(MAGIC):
+            raise _corrupt(key, "it is not a peewee-s3 segment (wrong magic or too short)")
+        if hashlib.sha256(payload).digest() != digest:
+            raise _corrupt(key, "its sha256 checksum does not match its content")
+        (length,) = _LENGTH.unpack_from(payload, len(MAGIC))
+        start = len(MAGIC) + _LENGTH.size
+        try:
+            header = json.loads(payload[start:start + length])
+            if header["format"] != FORMAT:
+                raise _corrupt(key, f"it has format {header['format']}, this version reads "
+                               f"{FORMAT}: upgrade peewee-s3")
+            body = zlib.decompress(payload[start + length:])
+            return cls._from_parts(header, body, key)
+        except (ValueError, KeyError, TypeError, zlib.error, struct.error) as exc:
+            raise _corrupt(key, f"it cannot be decoded ({exc})") from None
+
+    @classmethod
+    def _from_parts(cls, header: dict, body: bytes, key: str) -> "Segment":
+        page_size = header["page_size"]
+        if len(body) != header["body_length"]:
+            raise _corrupt(key, "its body has the wrong length")
+        commits, offset = [], 0
+        for c in header["commits"]:
+            pages = {}
+            for _ in range(c["pages"]):
+                (pgno,) = _PGNO.unpack_from(body, offset)
+                pages[pgno] = body[offset + 4:offset + 4 + page_size]
+                offset += 4 + page_size
+            commits.append(CommitRecord(c["time"], c["db_pages"], pages))
+        if offset != len(body) or not commits:
+            raise _corrupt(key, "its header does not describe its body")
+        return cls(header["generation"], header["seq"], header["epoch"], page_size, tuple(commits))
+
+
+def _corrupt(key: str, why: str) -> ReplicaCorruptError:
+    return ReplicaCorruptError(
+        f"segment {key} is corrupt: {why}. Restore to an earlier time or generation "
+        "(peewee-s3 generations lists them)")

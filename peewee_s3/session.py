@@ -1,0 +1,182 @@
+"""session: one writer's time with a database — from taking the lease to releasing it.
+
+Opening a session takes the lease before SQLite touches the local file, then settles the local
+file against the storage (DESIGN.md, "Local file versus storage") and starts the replicator.
+Closing it ships what is pending, takes the final snapshot and releases the lease.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from .config import Options
+from .errors import LeaseLostError, LocalStateError, NothingToRestoreError
+from .layout import Layout
+from .lease import Lease
+from .replicator import Replicator
+from .restore import current_generation, move_aside, restore_to, segment_seqs
+from .sidecar import Sidecar, read_sidecar, remove_sidecar
+from .storage import Storage, open_storage
+from .wal import WalPosition, read_commits, wal_path
+
+log = logging.getLogger("peewee_s3")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to begin: carry on in `generation` after segment `seq`, or (`carry_on` False) start
+    a new generation whose parent is `generation`/`seq` (None: a new lineage)."""
+
+    carry_on: bool
+    generation: Optional[str] = None
+    seq: int = 0
+    created_at: float = 0.0
+
+
+class Session:
+    def __init__(self, path: str, options: Options, storage: Storage, lease: Lease,
+                 replicator: Replicator) -> None:
+        self.path, self.options, self.storage = path, options, storage
+        self.lease, self.replicator = lease, replicator
+
+    def shutdown(self) -> None:
+        """Ship, take the final snapshot, release the lease. A fenced writer releases nothing."""
+        r = self.replicator
+        r.stop()
+        try:
+            if not r.fenced:
+                with r._io:
+                    r.ship()
+                    if r.shipped.seq > 0:
+                        r.start_generation()
+                    if r.checkpoint_truncate():
+                        r.write_sidecar()
+                    self.lease.release()
+                    log.info("released the lease on %s", r.layout.base)
+        except LeaseLostError:
+            pass
+        finally:
+            r.close_connections()
+            self.storage.close()
+
+
+def open_session(path: str, options: Options) -> Session:
+    storage = open_storage(options.storage, **options.storage_kwargs())
+    try:
+        layout = Layout(options.base_key)
+        origin = f"{storage.describe()}/{layout.base}"
+        lease = Lease(storage, layout.lock, options.lock_ttl, force=options.force_lock,
+                      wait=options.lock_wait)
+        lease.acquire()
+        log.info("took the lease on %s (epoch %d)", layout.base, lease.epoch)
+        try:
+            plan = _settle_local_file(path, storage, layout, lease, origin)
+            replicator = Replicator(path, options, storage, lease, origin)
+            try:
+                _begin(replicator, plan)
+            except BaseException:
+                replicator.close_connections()
+                raise
+        except BaseException:
+            lease.release()
+            raise
+    except BaseException:
+        storage.close()
+        raise
+    replicator.start()
+    return Session(path, options, storage, lease, replicator)
+
+
+def _begin(replicator: Replicator, plan: Plan) -> None:
+    emptied = replicator.checkpoint_truncate()
+    if plan.generation:
+        replicator.adopt(plan.generation, plan.seq, plan.created_at)
+    if not (plan.carry_on and emptied):
+        replicator.start_generation()
+
+
+def _settle_local_file(path: str, storage: Storage, layout: Layout, lease: Lease,
+                       origin: str) -> Plan:
+    """Restore, keep or refuse the local file; see DESIGN.md "Local file versus storage"."""
+    try:
+        meta = current_generation(storage, layout)
+    except NothingToRestoreError:
+        return _new_lineage(path, origin)
+    if not _exists(path):
+        return _restore(path, storage, layout, lease, meta)
+    sidecar = read_sidecar(path)
+    if sidecar is None or sidecar.origin != origin:
+        found = "no sidecar" if sidecar is None else f"a sidecar of {sidecar.origin}"
+        raise LocalStateError(
+            f"{path} exists with {found}, and {origin} already holds a database: it cannot be "
+            "proved to be a state of it. Move the file away to restore from storage, or use "
+            "another database_name to replicate this file as a new database")
+    end = (segment_seqs(storage, layout, meta.generation) or [0])[-1]
+    if sidecar.generation == meta.generation and sidecar.seq == end:
+        if _wal_matches(path, sidecar) and _clean_handover(lease, meta.generation):
+            return Plan(True, meta.generation, end, meta.created_at)
+        return Plan(False, meta.generation, end)
+    if ((sidecar.generation == meta.generation and sidecar.seq < end)
+            or sidecar.generation < meta.generation):
+        aside = move_aside(path)
+        remove_sidecar(path)
+        log.warning("%s held an older state (generation %s, segment %d); moved it to %s and "
+                    "restoring %s", path, sidecar.generation, sidecar.seq, aside, meta.generation)
+        return _restore(path, storage, layout, lease, meta)
+    raise LocalStateError(
+        f"{path} says it shipped generation {sidecar.generation} segment {sidecar.seq}, but "
+        f"{origin} holds generation {meta.generation} through segment {end}: neither is "
+        "provably newer. Move the file away to restore from storage, or copy it elsewhere "
+        "and replicate it under another database_name")
+
+
+def _new_lineage(path: str, origin: str) -> Plan:
+    if _exists(path):
+        sidecar = read_sidecar(path)
+        if sidecar and sidecar.origin != origin:
+            raise LocalStateError(
+                f"{path} was replicated to {sidecar.origin}, not {origin}: use that storage "
+                "and database_name, or remove its sidecar to replicate it here as a new database")
+        if sidecar:
+            log.warning("%s is empty: starting a new lineage from %s", origin, path)
+    else:
+        _remove_leftovers(path)
+    return Plan(False)
+
+
+def _restore(path: str, storage: Storage, layout: Layout, lease: Lease, meta) -> Plan:
+    _remove_leftovers(path)
+    state = restore_to(storage, layout, path, generation=meta.generation)
+    return Plan(_clean_handover(lease, state.generation), state.generation, state.seq,
+                meta.created_at)
+
+
+def _clean_handover(lease: Lease, generation: str) -> bool:
+    """Carry on in a generation only after its last writer released the lease itself: a writer
+    whose lease was taken over may still be uploading into it."""
+    previous = lease.previous
+    return bool(previous and previous.released and previous.generation == generation)
+
+
+def _wal_matches(path: str, sidecar: Sidecar) -> bool:
+    read = read_commits(wal_path(path), WalPosition(), verify=True)
+    if not read.commits:
+        return sidecar.wal_frames == 0
+    return (list(read.position.salts) == sidecar.wal_salts
+            and read.position.frames == sidecar.wal_frames)
+
+
+def _exists(path: str) -> bool:
+    """Whether there is a local state: a non-empty file, or a WAL holding commits."""
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        return True
+    return bool(read_commits(wal_path(path), WalPosition(), verify=True).commits)
+
+
+def _remove_leftovers(path: str) -> None:
+    """No local state (see `_exists`): an empty file, its -shm and a WAL without commits go."""
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)

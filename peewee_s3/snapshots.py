@@ -1,0 +1,123 @@
+"""snapshots: a generation's starting point — the whole database, and its meta written last.
+
+Takes a page-exact copy of the database with SQLite's backup API, streams it to and from
+storage while hashing, and reads/writes `snapshot.meta.json`. See docs/FORMAT.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from typing import BinaryIO, Callable, Optional
+
+from .errors import ReplicaCorruptError
+from .layout import Layout
+from .storage import Storage
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SnapshotMeta:
+    """What `snapshot.meta.json` says of a generation; its presence makes the generation complete.
+
+    `parent` names the generation and last segment this one continues from (None for a new
+    lineage): a restore of the parent for a time before this generation stops there.
+    """
+
+    generation: str
+    size: int
+    sha256: str
+    page_size: int
+    created_at: float
+    epoch: int
+    parent: Optional[dict] = None
+    format: int = FORMAT
+
+    def to_bytes(self) -> bytes:
+        data = asdict(self)
+        data["created_at_iso"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created_at))
+        return json.dumps(data, indent=1).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, key: str) -> "SnapshotMeta":
+        try:
+            raw = json.loads(data)
+            if raw.get("format") != FORMAT:
+                raise ReplicaCorruptError(
+                    f"{key} has format {raw.get('format')!r}; this version reads {FORMAT}: "
+                    "upgrade peewee-s3 or restore another generation")
+            return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ReplicaCorruptError(f"{key} is not a valid snapshot meta ({exc}); restore "
+                                      "another generation (peewee-s3 generations)") from None
+
+
+def copy_database(source: sqlite3.Connection, target_path: str) -> int:
+    """Copy the database as `source` sees it (its open read transaction, if any) to a new file.
+
+    The backup API copies pages as they are, so the copy matches the WAL's page numbers.
+    Returns the page size.
+    """
+    target = sqlite3.connect(target_path)
+    try:
+        source.backup(target)
+        return target.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        target.close()
+
+
+class _Hashing:
+    """Wraps a binary file: hashes and counts every byte read from or written to it."""
+
+    def __init__(self, f: BinaryIO, progress: Optional[Callable[[int], None]] = None) -> None:
+        self._f, self._progress = f, progress
+        self.sha256, self.size = hashlib.sha256(), 0
+
+    def _count(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.size += len(data)
+        if self._progress:
+            self._progress(len(data))
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._count(data)
+        return data
+
+    def write(self, data: bytes) -> int:
+        self._count(data)
+        return self._f.write(data)
+
+
+def upload_snapshot(storage: Storage, layout: Layout, generation: str, path: str, *,
+                    epoch: int, page_size: int, parent: Optional[dict],
+                    progress: Optional[Callable[[int], None]] = None) -> SnapshotMeta:
+    """Stream the file at `path` up as the generation's snapshot, then write its meta last."""
+    with open(path, "rb") as f:
+        hashing = _Hashing(f, progress)
+        storage.upload(layout.snapshot(generation), hashing, create_only=True)
+    meta = SnapshotMeta(generation, hashing.size, hashing.sha256.hexdigest(), page_size,
+                        time.time(), epoch, parent)
+    storage.create(layout.snapshot_meta(generation), meta.to_bytes())
+    return meta
+
+
+def read_meta(storage: Storage, layout: Layout, generation: str) -> SnapshotMeta:
+    key = layout.snapshot_meta(generation)
+    return SnapshotMeta.from_bytes(storage.read(key), key)
+
+
+def download_snapshot(storage: Storage, layout: Layout, meta: SnapshotMeta, f: BinaryIO,
+                      progress: Optional[Callable[[int], None]] = None) -> None:
+    """Stream the snapshot into `f`, raising ReplicaCorruptError if size or sha256 differ."""
+    key = layout.snapshot(meta.generation)
+    hashing = _Hashing(f, progress)
+    storage.download(key, hashing)
+    if hashing.size != meta.size or hashing.sha256.hexdigest() != meta.sha256:
+        raise ReplicaCorruptError(
+            f"snapshot {key} is corrupt: {hashing.size} bytes with sha256 "
+            f"{hashing.sha256.hexdigest()[:16]}…, its meta says {meta.size} bytes and "
+            f"{meta.sha256[:16]}…. Restore another generation (peewee-s3 generations)")

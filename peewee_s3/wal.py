@@ -1,0 +1,153 @@
+"""wal: reads committed transactions out of a SQLite WAL file.
+
+It parses the WAL format (https://sqlite.org/fileformat.html#the_write_ahead_log) and returns
+whole commits only; it never writes the WAL and knows nothing of storage or peewee.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import BinaryIO, Optional
+
+HEADER = struct.Struct(">8I")
+FRAME_HEADER = struct.Struct(">6I")
+MAGIC_LITTLE_ENDIAN = 0x377F0682
+MAGIC_BIG_ENDIAN = 0x377F0683
+_MASK = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class WalHeader:
+    magic: int
+    page_size: int
+    checkpoint_seq: int
+    salt1: int
+    salt2: int
+    checksum: tuple
+
+    @property
+    def salts(self) -> tuple:
+        return (self.salt1, self.salt2)
+
+    @property
+    def frame_size(self) -> int:
+        return FRAME_HEADER.size + self.page_size
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One committed transaction: its pages (last image of each) and the database size after it."""
+
+    pages: dict
+    db_pages: int
+
+
+@dataclass(frozen=True)
+class WalPosition:
+    """How far a WAL has been read: the cycle (salts) and the frames consumed in it.
+
+    `checksum` is the running frame checksum after the last consumed frame, so that reading can
+    go on verifying from there. `salts is None` means: nothing read yet, start at frame 0.
+    """
+
+    salts: Optional[tuple] = None
+    frames: int = 0
+    checksum: Optional[tuple] = None
+
+
+@dataclass
+class WalRead:
+    header: Optional[WalHeader]
+    commits: list = field(default_factory=list)
+    position: WalPosition = field(default_factory=WalPosition)
+    restarted: bool = False
+
+
+def checksum(data: bytes, s1: int, s2: int, big_endian: bool) -> tuple:
+    """SQLite's WAL checksum of `data` (a multiple of 8 bytes), continuing from (s1, s2)."""
+    words = struct.unpack(("%s%dI" % (">" if big_endian else "<", len(data) // 4)), data)
+    it = iter(words)
+    for x0 in it:
+        s1 = (s1 + x0 + s2) & _MASK
+        s2 = (s2 + next(it) + s1) & _MASK
+    return s1, s2
+
+
+def read_header(f: BinaryIO) -> Optional[WalHeader]:
+    """The WAL header, or None if the file holds no valid header (empty, new, or torn)."""
+    f.seek(0)
+    raw = f.read(HEADER.size)
+    if len(raw) < HEADER.size:
+        return None
+    magic, _version, page_size, seq, salt1, salt2, c1, c2 = HEADER.unpack(raw)
+    if magic not in (MAGIC_LITTLE_ENDIAN, MAGIC_BIG_ENDIAN):
+        return None
+    if checksum(raw[:24], 0, 0, magic == MAGIC_BIG_ENDIAN) != (c1, c2):
+        return None
+    return WalHeader(magic, page_size, seq, salt1, salt2, (c1, c2))
+
+
+def read_commits(path: str, position: WalPosition, *, verify: bool = True) -> WalRead:
+    """The commits in the WAL at `path` after `position`.
+
+    If the WAL began a new cycle (its salts differ from `position`'s), reading starts at its first
+    frame and `restarted` is set: the caller decides whether frames of the old cycle were lost.
+    Frames after the last commit frame (a transaction still being written or rolled back) are
+    left for a later call. With `verify`, each frame's cumulative checksum is checked, which is
+    what tells a torn frame from a whole one; without it, only salts are checked, which is enough
+    while the caller holds SQLite's write lock on a WAL no crash has touched.
+    """
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return WalRead(None, position=position)
+    with f:
+        header = read_header(f)
+        if header is None:
+            return WalRead(None, position=position)
+        restarted = position.salts is not None and position.salts != header.salts
+        if position.salts != header.salts:
+            position = WalPosition(header.salts, 0, header.checksum)
+        commits, position = _read_frames(f, header, position, verify)
+        return WalRead(header, commits, position, restarted)
+
+
+def _read_frames(f: BinaryIO, header: WalHeader, position: WalPosition, verify: bool):
+    big_endian = header.magic == MAGIC_BIG_ENDIAN
+    f.seek(HEADER.size + position.frames * header.frame_size)
+    commits, pages = [], {}
+    frames, running = position.frames, position.checksum or header.checksum
+    committed = position
+    while True:
+        raw = f.read(header.frame_size)
+        if len(raw) < header.frame_size:
+            break
+        pgno, db_pages, salt1, salt2, c1, c2 = FRAME_HEADER.unpack_from(raw)
+        if (salt1, salt2) != header.salts or pgno == 0:
+            break
+        if verify:
+            running = checksum(raw[:8], *running, big_endian)
+            running = checksum(raw[FRAME_HEADER.size:], *running, big_endian)
+            if running != (c1, c2):
+                break
+        else:
+            running = (c1, c2)
+        frames += 1
+        pages[pgno] = raw[FRAME_HEADER.size:]
+        if db_pages:
+            commits.append(Commit(dict(sorted(pages.items())), db_pages))
+            pages = {}
+            committed = WalPosition(header.salts, frames, running)
+    return commits, committed
+
+
+def wal_path(database_path: str) -> str:
+    return database_path + "-wal"
+
+
+def has_frames(database_path: str) -> bool:
+    """Whether the database's WAL holds at least one committed frame (verified)."""
+    if not os.path.exists(wal_path(database_path)):
+        return False
+    return bool(read_commits(wal_path(database_path), WalPosition()).commits)
