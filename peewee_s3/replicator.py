@@ -170,7 +170,6 @@ class Replicator:
             self.start_generation()
         elif changed:
             self.ship()
-        self.checkpoint()
 
     def _wal_changed(self) -> bool:
         """Whether the WAL file changed since we last looked (catches raw sqlite3 writes)."""
@@ -224,6 +223,7 @@ class Replicator:
             if read.commits:
                 self._upload_segment(read)
             self.tickets.mark_shipped(through)
+            self.checkpoint()
 
     def _restart_is_safe(self, read: WalRead) -> bool:
         """A new WAL cycle loses nothing if we checkpointed the old one whole, all shipped."""

@@ -1,0 +1,183 @@
+"""S3SqliteDatabase round trips: every kind of commit is captured and comes back from storage."""
+import os
+import sqlite3
+
+import peewee
+import pytest
+
+from peewee_s3.storage import open_storage
+
+from .helpers import NAME, Note, bodies, make_db, rows_in_file, stored_keys
+
+
+def write_every_kind_of_commit(db):
+    db.create_tables([Note])                      # DDL
+    Note.create(body="autocommit")                # autocommit statement
+    with db.atomic():                             # transaction
+        Note.create(body="atomic")
+        with db.atomic():                         # nested savepoint
+            Note.create(body="savepoint")
+    with db.savepoint():                          # top-level savepoint
+        Note.create(body="top-savepoint")
+    with db.transaction():
+        Note.create(body="transaction")
+    Note.update(body="updated").where(Note.body == "autocommit").execute()
+
+
+EXPECTED = sorted(["updated", "atomic", "savepoint", "top-savepoint", "transaction"])
+
+
+def test_every_commit_survives_losing_the_local_file(tmp_path, storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs)
+    write_every_kind_of_commit(db)
+    db.shutdown()
+    os.remove(tmp_path / "a.db")
+
+    again = make_db(tmp_path / "a.db", storage_kwargs)
+    assert bodies(again) == EXPECTED
+    assert again.execute_sql("PRAGMA integrity_check").fetchone()[0] == "ok"
+    again.shutdown()
+
+
+def test_a_crash_without_shutdown_keeps_what_was_shipped(tmp_path, storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_mode="sync")
+    write_every_kind_of_commit(db)
+    # No shutdown: the segments alone must restore every row.
+    from peewee_s3 import restore
+    restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert rows_in_file(tmp_path / "r.db") == EXPECTED
+    db.shutdown()
+
+
+def test_the_next_writer_carries_on_from_where_the_last_one_stopped(tmp_path, storage_kwargs):
+    first = make_db(tmp_path / "a.db", storage_kwargs)
+    first.create_tables([Note])
+    Note.create(body="one")
+    first.shutdown()
+    second = make_db(tmp_path / "b.db", storage_kwargs)
+    Note.create(body="two")
+    second.shutdown()
+    third = make_db(tmp_path / "a.db", storage_kwargs)   # a.db is now an older state
+    assert bodies(third) == ["one", "two"]
+    third.shutdown()
+    assert any(name.startswith("a.db.before-restore-") for name in os.listdir(tmp_path))
+
+
+def test_connect_and_close_per_request_takes_the_lease_once(tmp_path, storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs)
+    db.create_tables([Note])
+    db.close()
+    storage = open_storage(**storage_kwargs)
+    before = storage.read_tagged(f"{NAME}/lock.json")
+    for i in range(100):
+        db.connect()
+        Note.create(body=str(i))
+        assert Note.select().count() == i + 1
+        db.close()
+    assert storage.read_tagged(f"{NAME}/lock.json") == before
+    db.shutdown()
+    storage.close()
+
+
+def test_shutdown_twice_is_harmless_and_reconnecting_opens_a_new_session(tmp_path, storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs)
+    db.create_tables([Note])
+    db.shutdown()
+    db.shutdown()
+    db.connect()
+    Note.create(body="after")
+    assert db.status()["lease"]["epoch"] == 2
+    db.shutdown()
+
+
+def test_writes_on_the_raw_connection_are_shipped_in_async_mode(tmp_path, storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_interval=0.1)
+    db.create_tables([Note])
+    db.connection().execute("INSERT INTO note (body) VALUES ('raw')")
+    db.sync()
+    from peewee_s3 import restore
+    restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert rows_in_file(tmp_path / "r.db") == ["raw"]
+    db.shutdown()
+
+
+def test_checkpoints_keep_the_wal_small_and_lose_nothing(tmp_path, storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs, checkpoint_frames=20, sync_mode="sync")
+    db.create_tables([Note])
+    for i in range(200):
+        Note.create(body=f"{i:03d}")
+    wal_size = os.path.getsize(tmp_path / "a.db-wal")
+    page = db.execute_sql("PRAGMA page_size").fetchone()[0]
+    assert wal_size < 60 * (page + 24)
+    from peewee_s3 import restore
+    restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert rows_in_file(tmp_path / "r.db") == [f"{i:03d}" for i in range(200)]
+    db.shutdown()
+
+
+def test_status_says_where_replication_stands(tmp_path, storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs)
+    db.create_tables([Note])
+    Note.create(body="x")
+    db.sync()
+    status = db.status()
+    assert status["pending_commits"] == 0 and status["fenced"] is False
+    assert status["position"]["seq"] >= 1
+    assert status["lease"]["epoch"] == 1
+    keys = stored_keys(storage_kwargs)
+    assert f"{NAME}/generations/{status['generation']}/snapshot.meta.json" in keys
+    db.shutdown()
+
+
+def test_snapshot_starts_a_new_generation_that_restores_alone(tmp_path, storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs)
+    db.create_tables([Note])
+    Note.create(body="before")
+    first = db.status()["generation"]
+    second = db.snapshot()
+    Note.create(body="after")
+    db.sync()
+    assert second != first and db.status()["generation"] == second
+    from peewee_s3 import restore
+    state = restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert state.generation == second
+    assert rows_in_file(tmp_path / "r.db") == ["after", "before"]
+    db.shutdown()
+
+
+def test_a_plain_sqlite_file_is_adopted_by_empty_storage(tmp_path, storage_kwargs):
+    conn = sqlite3.connect(str(tmp_path / "a.db"))
+    conn.execute("CREATE TABLE note (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.execute("INSERT INTO note (body) VALUES ('existing')")
+    conn.commit()
+    conn.close()
+    db = make_db(tmp_path / "a.db", storage_kwargs)
+    assert bodies(db) == ["existing"]
+    db.shutdown()
+    from peewee_s3 import restore
+    restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert rows_in_file(tmp_path / "r.db") == ["existing"]
+
+
+def test_repr_and_status_hold_no_secret(tmp_path, storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs)
+    db.create_tables([Note])
+    secret = (storage_kwargs.get("credentials") or {}).get("secret_access_key", "testing")
+    text = repr(db) + repr(db.status()) + repr(db.options)
+    assert "secret_access_key" not in text
+    if "credentials" in storage_kwargs:
+        assert secret not in text
+    db.shutdown()
+
+
+def test_peewee_errors_still_propagate(tmp_path, storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_mode="sync")
+    db.create_tables([Note])
+    with pytest.raises(peewee.IntegrityError):
+        Note.create(body=None)
+    with pytest.raises(ZeroDivisionError):
+        with db.atomic():
+            Note.create(body="rolled back")
+            1 / 0
+    assert bodies(db) == []
+    db.shutdown()

@@ -1,0 +1,95 @@
+"""restore(): exact committed states, and corruption refused with the target untouched."""
+import time
+
+import pytest
+
+from peewee_s3 import restore
+from peewee_s3.errors import LocalStateError, NothingToRestoreError, ReplicaCorruptError
+from peewee_s3.storage import open_storage
+
+from .helpers import NAME, Note, make_db, rows_in_file, stored_keys
+
+
+@pytest.fixture
+def stored(tmp_path, storage_kwargs):
+    """A database with a snapshot and three segments in storage."""
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_mode="sync")
+    db.create_tables([Note])
+    for body in ("one", "two", "three"):
+        Note.create(body=body)
+    generation = db.status()["generation"]
+    yield generation
+    db.shutdown()
+
+
+def flip_a_byte(storage_kwargs, key, offset):
+    with open_storage(**storage_kwargs) as storage:
+        data = bytearray(storage.read(key))
+        data[offset] ^= 0xFF
+        storage.write(key, bytes(data))
+
+
+def test_the_latest_state_is_restored(tmp_path, storage_kwargs, stored):
+    state = restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert state.generation == stored and state.seq == 4
+    assert rows_in_file(tmp_path / "r.db") == ["one", "three", "two"]
+
+
+@pytest.mark.parametrize("damaged", ["snapshot.db", "wal/0000000002.seg"])
+def test_a_flipped_byte_is_refused_and_the_target_left_alone(tmp_path, storage_kwargs, stored,
+                                                               damaged):
+    flip_a_byte(storage_kwargs, f"{NAME}/generations/{stored}/{damaged}", 100)
+    target = tmp_path / "r.db"
+    target.write_bytes(b"the user's own file")
+    with pytest.raises(ReplicaCorruptError, match="corrupt"):
+        restore(target=str(target), database_name=NAME, overwrite=True, **storage_kwargs)
+    assert target.read_bytes() == b"the user's own file"
+    left = {p.name for p in tmp_path.iterdir()} - {"store"}
+    assert left == {"a.db", "a.db-shm", "a.db-wal", "a.db.peewee-s3.json", "r.db"}
+
+
+def test_a_segment_missing_from_the_chain_is_refused(tmp_path, storage_kwargs, stored):
+    with open_storage(**storage_kwargs) as storage:
+        storage.delete(f"{NAME}/generations/{stored}/wal/0000000002.seg")
+    with pytest.raises(ReplicaCorruptError, match="0000000002.seg is missing"):
+        restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_an_existing_target_is_kept_aside_only_when_asked(tmp_path, storage_kwargs, stored):
+    target = tmp_path / "r.db"
+    target.write_bytes(b"precious")
+    with pytest.raises(LocalStateError, match="overwrite=True"):
+        restore(target=str(target), database_name=NAME, **storage_kwargs)
+    restore(target=str(target), database_name=NAME, overwrite=True, **storage_kwargs)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("r.db.before-restore-")]
+    assert [p.read_bytes() for p in aside] == [b"precious"]
+    assert rows_in_file(target) == ["one", "three", "two"]
+
+
+def test_empty_storage_says_where_it_looked(tmp_path, storage_kwargs):
+    with pytest.raises(NothingToRestoreError, match="nothing-here"):
+        restore(target=str(tmp_path / "r.db"), database_name="nothing-here", **storage_kwargs)
+
+
+def test_a_generation_without_meta_is_never_restored(tmp_path, storage_kwargs, stored):
+    with open_storage(**storage_kwargs) as storage:
+        storage.write(f"{NAME}/generations/29991231T000000000000Z-deadbeef/snapshot.db", b"x")
+    restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert rows_in_file(tmp_path / "r.db") == ["one", "three", "two"]
+
+
+def test_a_point_in_time_gives_the_rows_committed_by_then(tmp_path, storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_mode="sync")
+    db.create_tables([Note])
+    Note.create(body="early")
+    moment = time.time()
+    time.sleep(0.05)
+    Note.create(body="late")
+    db.snapshot()
+    Note.create(body="later still")
+    db.sync()
+    restore(target=str(tmp_path / "r.db"), database_name=NAME, timestamp=moment,
+            **storage_kwargs)
+    assert rows_in_file(tmp_path / "r.db") == ["early"]
+    db.shutdown()

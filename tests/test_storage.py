@@ -1,0 +1,327 @@
+"""storage: every behaviour on every backend (memory, file, moto, SeaweedFS), and bad input."""
+
+import io
+import multiprocessing
+import os
+import socket
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+import fsspec
+import pytest
+
+from peewee_s3.errors import (
+    ConfigurationError,
+    ObjectNotFoundError,
+    PreconditionFailedError,
+    StorageError,
+)
+from peewee_s3.storage import ObjectInfo, open_storage
+
+SENTINEL = "sentinel-secret-c0ffee-do-not-print"
+RACERS = 8
+BIG = 20 * 2**20
+
+
+def test_written_bytes_read_back_with_the_same_tag(storage):
+    tag = storage.write("db/a.bin", b"\x00hello\xff")
+    assert storage.read("db/a.bin") == b"\x00hello\xff"
+    assert storage.read_tagged("db/a.bin") == (b"\x00hello\xff", tag)
+
+
+def test_write_overwrites_and_changes_the_tag(storage):
+    first = storage.write("k", b"one")
+    second = storage.write("k", b"two")
+    assert storage.read_tagged("k") == (b"two", second)
+    assert second != first
+
+
+def test_empty_object_round_trips(storage):
+    storage.write("empty", b"")
+    assert storage.read("empty") == b""
+    assert storage.list("") == [ObjectInfo("empty", 0)]
+
+
+def test_create_succeeds_once_then_raises_precondition_failed(storage):
+    tag = storage.create("lock.json", b"first")
+    with pytest.raises(PreconditionFailedError, match="lock.json"):
+        storage.create("lock.json", b"second")
+    assert storage.read_tagged("lock.json") == (b"first", tag)
+
+
+def test_replace_with_the_current_tag_returns_a_new_tag(storage):
+    tag = storage.create("lock.json", b"v1")
+    new_tag = storage.replace("lock.json", b"v2", tag)
+    assert new_tag != tag
+    assert storage.read_tagged("lock.json") == (b"v2", new_tag)
+
+
+def test_replace_with_a_stale_tag_fails_and_keeps_the_object(storage):
+    stale = storage.create("lock.json", b"v1")
+    current = storage.replace("lock.json", b"v2", stale)
+    with pytest.raises(PreconditionFailedError):
+        storage.replace("lock.json", b"v3", stale)
+    assert storage.read_tagged("lock.json") == (b"v2", current)
+
+
+def test_replace_of_a_missing_object_fails(storage):
+    tag = storage.create("lock.json", b"v1")
+    storage.delete("lock.json")
+    with pytest.raises(PreconditionFailedError):
+        storage.replace("lock.json", b"v2", tag)
+    assert not storage.exists("lock.json")
+
+
+def test_delete_if_deletes_only_an_unchanged_object(storage):
+    stale = storage.create("lock.json", b"v1")
+    current = storage.replace("lock.json", b"v2", stale)
+    with pytest.raises(PreconditionFailedError):
+        storage.delete_if("lock.json", stale)
+    assert storage.exists("lock.json")
+    storage.delete_if("lock.json", current)
+    assert not storage.exists("lock.json")
+    with pytest.raises(PreconditionFailedError):
+        storage.delete_if("lock.json", current)
+
+
+def test_delete_removes_and_tolerates_a_missing_object(storage):
+    storage.write("a/b", b"x")
+    storage.delete("a/b")
+    storage.delete("a/b")
+    assert not storage.exists("a/b")
+    assert storage.list("") == []
+
+
+def test_missing_object_raises_object_not_found(storage):
+    for read in (storage.read, storage.read_tagged, lambda key: storage.download(key, io.BytesIO())):
+        with pytest.raises(ObjectNotFoundError, match="nothing/here"):
+            read("nothing/here")
+    assert not storage.exists("nothing/here")
+
+
+def test_list_is_recursive_sorted_and_relative(storage):
+    for key in ["db/generations/g2/snapshot.db", "db/lock.json", "db/generations/g1/wal/1", "other"]:
+        storage.write(key, key.encode())
+    assert storage.list("db/") == [
+        ObjectInfo("db/generations/g1/wal/1", 23),
+        ObjectInfo("db/generations/g2/snapshot.db", 29),
+        ObjectInfo("db/lock.json", 12),
+    ]
+    assert [o.key for o in storage.list("db/gen")] == [
+        "db/generations/g1/wal/1",
+        "db/generations/g2/snapshot.db",
+    ]
+    assert [o.key for o in storage.list("")][-1] == "other"
+    assert storage.list("missing/") == []
+
+
+def test_keys_are_relative_to_a_nested_root(storage_kwargs):
+    kwargs = {**storage_kwargs, "storage": storage_kwargs["storage"] + "/some/root"}
+    with open_storage(**kwargs) as nested, open_storage(**storage_kwargs) as top:
+        nested.write("db/lock.json", b"x")
+        assert nested.list("") == [ObjectInfo("db/lock.json", 1)]
+        assert top.read("some/root/db/lock.json") == b"x"
+
+
+def test_big_objects_stream_up_and_down(storage, tmp_path):
+    data = os.urandom(BIG)
+    sent, received = [], []
+    tag = storage.upload("snapshot.db", io.BytesIO(data), progress=sent.append)
+    out = io.BytesIO()
+    assert storage.download("snapshot.db", out, progress=received.append) == BIG
+    assert out.getvalue() == data
+    assert sum(sent) == sum(received) == BIG and len(sent) > 1 and len(received) > 1
+    assert storage.read_tagged("snapshot.db")[1] == tag
+    assert storage.list("") == [ObjectInfo("snapshot.db", BIG)]
+
+
+def test_upload_create_only_refuses_an_existing_object(storage):
+    storage.write("snapshot.db", b"old")
+    for size in (10, BIG):
+        with pytest.raises(PreconditionFailedError):
+            storage.upload("snapshot.db", io.BytesIO(b"n" * size), create_only=True)
+    assert storage.read("snapshot.db") == b"old"
+    assert storage.list("") == [ObjectInfo("snapshot.db", 3)]
+
+
+def test_exactly_one_of_racing_creators_wins(storage_kwargs):
+    outcomes, winner = _race(storage_kwargs, lambda s, i: s.create("lock.json", b"racer %d" % i))
+    assert outcomes.count("won") == 1 and outcomes.count("lost") == RACERS - 1
+    with open_storage(**storage_kwargs) as storage:
+        assert storage.read("lock.json") == b"racer %d" % winner
+
+
+def test_exactly_one_of_racing_replacers_wins(storage_kwargs):
+    with open_storage(**storage_kwargs) as storage:
+        tag = storage.create("lock.json", b"start")
+    outcomes, winner = _race(storage_kwargs, lambda s, i: s.replace("lock.json", b"racer %d" % i, tag))
+    assert outcomes.count("won") == 1 and outcomes.count("lost") == RACERS - 1
+    with open_storage(**storage_kwargs) as storage:
+        assert storage.read("lock.json") == b"racer %d" % winner
+
+
+@pytest.mark.parametrize("operation", ["create", "replace"])
+def test_exactly_one_of_racing_processes_wins_on_a_directory(tmp_path, operation):
+    kwargs = {"storage": f"file://{tmp_path}/store"}
+    with open_storage(**kwargs) as storage:
+        tag = storage.create("lock.json", b"start") if operation == "replace" else None
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(RACERS), context.Queue()
+    processes = [
+        context.Process(target=_race_in_process, args=(kwargs, operation, tag, i, barrier, results))
+        for i in range(RACERS)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert sorted(o for o, _ in outcomes) == ["lost"] * (RACERS - 1) + ["won"]
+    with open_storage(**kwargs) as storage:
+        assert storage.read("lock.json") == b"racer %d" % [i for o, i in outcomes if o == "won"][0]
+        assert [o.key for o in storage.list("")] == ["lock.json"]
+
+
+def test_directory_storage_hides_temp_and_lock_files(tmp_path):
+    with open_storage(f"file://{tmp_path}/new/store") as storage:
+        tag = storage.create("db/lock.json", b"1")
+        storage.replace("db/lock.json", b"2", tag)
+        with pytest.raises(PreconditionFailedError):
+            storage.create("db/lock.json", b"3")
+        assert storage.list("") == [ObjectInfo("db/lock.json", 1)]
+    assert not [n for n in os.listdir(tmp_path / "new/store/db") if n.endswith(".tmp")]
+
+
+def test_a_filesystem_instance_with_a_root_works():
+    fs = fsspec.filesystem("memory")
+    with open_storage(fs, storage_root="/instance-root/x") as storage:
+        storage.write("k", b"v")
+        assert fs.cat_file("/instance-root/x/k") == b"v"
+        assert storage.describe() == "memory:///instance-root/x"
+
+
+def test_storage_options_reach_fsspec_over_ours(moto_endpoint, make_bucket, s3_kwargs):
+    kwargs = s3_kwargs(moto_endpoint, make_bucket(moto_endpoint))
+    with open_storage(**kwargs, storage_options={"default_block_size": 5 * 2**20}) as storage:
+        assert storage.fs.default_block_size == 5 * 2**20
+        assert storage.fs.config_kwargs["s3"] == {"addressing_style": "path"}
+
+
+def test_unknown_protocol_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match=r"'nosuch'.*s3://bucket.*file://.*memory://"):
+        open_storage("nosuch://bucket/path")
+
+
+def test_s3_options_on_other_storage_are_a_configuration_error(tmp_path):
+    with pytest.raises(ConfigurationError, match="endpoint_url only apply to s3://"):
+        open_storage(f"file://{tmp_path}", endpoint_url="http://127.0.0.1:9")
+
+
+def test_incomplete_credentials_are_a_configuration_error_without_the_secret():
+    with pytest.raises(ConfigurationError, match="access_key_id") as caught:
+        open_storage("s3://bucket", credentials={"secret_access_key": SENTINEL})
+    assert_no_secret(caught.value)
+
+
+@pytest.mark.parametrize("server", ["moto", "seaweedfs"])
+def test_missing_bucket_says_to_create_it(request, s3_kwargs, server):
+    endpoint = request.getfixturevalue(f"{server.replace('seaweedfs', 'seaweed')}_endpoint")
+    kwargs = s3_kwargs(endpoint, "no-such-bucket-here")
+    if server == "moto":  # which ignores credentials; SeaweedFS checks them
+        kwargs["credentials"]["secret_access_key"] = SENTINEL
+    with open_storage(**kwargs) as storage:
+        for operation in (lambda: storage.read("k"), lambda: storage.list("")):
+            with pytest.raises(StorageError, match="'no-such-bucket-here' does not exist.*create it") as caught:
+                operation()
+            assert not isinstance(caught.value, ObjectNotFoundError)
+            assert_no_secret(caught.value, storage)
+
+
+@pytest.mark.parametrize("wrong", ["access_key_id", "secret_access_key"])
+def test_wrong_credentials_say_to_check_them(seaweed_endpoint, make_bucket, s3_kwargs, wrong):
+    kwargs = s3_kwargs(seaweed_endpoint, make_bucket(seaweed_endpoint))
+    kwargs["credentials"][wrong] = SENTINEL
+    with open_storage(**kwargs) as storage:
+        for operation in (lambda: storage.read("k"), lambda: storage.write("k", b"x")):
+            with pytest.raises(StorageError, match="denied.*check the credentials") as caught:
+                operation()
+            assert_no_secret(caught.value, storage)
+
+
+def test_endpoint_not_listening_says_it_cannot_be_reached(s3_kwargs):
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    kwargs = s3_kwargs(endpoint, "bucket")
+    kwargs["credentials"]["secret_access_key"] = SENTINEL
+    with open_storage(**kwargs) as storage:
+        with pytest.raises(StorageError, match=f"cannot reach the endpoint.*{endpoint}") as caught:
+            storage.read("k")
+        assert_no_secret(caught.value, storage)
+
+
+@pytest.mark.slow
+def test_one_gib_streams_in_little_memory(seaweed_endpoint, make_bucket, s3_kwargs, tmp_path):
+    import subprocess
+    import sys
+
+    source = tmp_path / "big"
+    with open(source, "wb") as f:
+        f.truncate(2**30)
+    kwargs = s3_kwargs(seaweed_endpoint, make_bucket(seaweed_endpoint))
+    script = (
+        "import resource, sys; from peewee_s3.storage import open_storage\n"
+        f"s = open_storage(**{kwargs!r})\n"
+        f"s.upload('big', open({str(source)!r}, 'rb'))\n"
+        f"assert s.download('big', open({str(tmp_path / 'back')!r}, 'wb')) == 2**30\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    peak_mib = int(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True).stdout)
+    assert peak_mib < 100
+    assert os.path.getsize(tmp_path / "back") == 2**30
+
+
+def assert_no_secret(error, storage=None):
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    text += repr(error) + (repr(storage) + storage.describe() if storage else "")
+    assert SENTINEL not in text
+
+
+def _race(storage_kwargs, operation):
+    """Run `operation(storage, i)` in RACERS threads at once, each with its own storage."""
+    storages = [open_storage(**storage_kwargs) for _ in range(RACERS)]
+    barrier = threading.Barrier(RACERS)
+
+    def run(i):
+        barrier.wait()
+        try:
+            operation(storages[i], i)
+            return "won"
+        except PreconditionFailedError:
+            return "lost"
+
+    try:
+        with ThreadPoolExecutor(RACERS) as pool:
+            outcomes = list(pool.map(run, range(RACERS)))
+    finally:
+        for storage in storages:
+            storage.close()
+    return outcomes, outcomes.index("won") if "won" in outcomes else None
+
+
+def _race_in_process(kwargs, operation, tag, i, barrier, results):
+    storage = open_storage(**kwargs)
+    data = b"racer %d" % i
+    barrier.wait()
+    try:
+        storage.create("lock.json", data) if operation == "create" else storage.replace(
+            "lock.json", data, tag
+        )
+        results.put(("won", i))
+    except PreconditionFailedError:
+        results.put(("lost", i))
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
