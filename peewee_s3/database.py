@@ -7,6 +7,7 @@ replicator. It never talks to storage itself.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
@@ -20,6 +21,16 @@ from .session import Session, open_session
 
 _OUR_PRAGMAS = {"journal_mode", "wal_autocheckpoint"}
 _OPTION_NAMES = [name for name in Options.__dataclass_fields__]
+
+
+def _log_verbosely() -> None:
+    """verbose=True: INFO on the peewee_s3 logger, printed to stderr unless the app logs."""
+    logger = logging.getLogger("peewee_s3")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s peewee_s3 %(message)s"))
+        logger.addHandler(handler)
 
 
 def _is_read(sql: str) -> bool:
@@ -45,8 +56,7 @@ class S3SqliteDatabase(SqliteDatabase):
         self._shut_down = False
         super().init(database, **kwargs)
         if self.options and self.options.verbose:
-            import logging
-            logging.getLogger("peewee_s3").setLevel(logging.INFO)
+            _log_verbosely()
 
     @staticmethod
     def _check_pragmas(pragmas: Any) -> None:
@@ -136,7 +146,7 @@ class S3SqliteDatabase(SqliteDatabase):
 
     def sync(self) -> None:
         """Ship everything committed so far; returns once it is durable in storage."""
-        self._open_session().replicator.ship()
+        self._open_session().replicator.sync()
 
     def snapshot(self) -> str:
         """Start a new generation with a snapshot of the database now; returns its id."""

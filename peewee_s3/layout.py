@@ -20,9 +20,10 @@ _SEGMENT = re.compile(r"^(\d{10})\.seg$")
 
 def new_generation_id(now: float | None = None) -> str:
     """A generation id that sorts by creation time: `20261125T153000123456Z-1a2b3c4d`."""
-    now = time.time() if now is None else now
-    micros = int(round((now % 1) * 1_000_000)) % 1_000_000
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{micros:06d}Z-" + secrets.token_hex(4)
+    micros = time.time_ns() // 1000 if now is None else int(now * 1_000_000)
+    seconds, micros = divmod(micros, 1_000_000)
+    return (time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds)) + f"{micros:06d}Z-"
+            + secrets.token_hex(4))
 
 
 def is_generation_id(name: str) -> bool:

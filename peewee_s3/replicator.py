@@ -89,6 +89,7 @@ class Replicator:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._safe_restart: Optional[tuple] = None
+        self._unsent: Optional[tuple] = None
         self._last_renewal = time.monotonic()
         self._wal_stat: Optional[tuple] = None
         self._writer = self._open_connection()
@@ -179,7 +180,8 @@ class Replicator:
         except FileNotFoundError:
             stat = None
         changed, self._wal_stat = stat != self._wal_stat, stat
-        return changed or self.tickets.pending > 0
+        return changed or self.tickets.pending > 0 or self._unsent is not None \
+            or self.last_error is not None
 
     # -- lease -------------------------------------------------------------------------------
 
@@ -210,20 +212,33 @@ class Replicator:
     # -- shipping ----------------------------------------------------------------------------
 
     def ship(self) -> None:
-        """Upload every commit in the WAL that is not in storage yet, as one segment."""
+        """Upload every commit in the WAL that is not in storage yet, as one segment.
+
+        Commits read but not yet stored (an upload failed) are kept and go first: the WAL may
+        already have been checkpointed past them.
+        """
         with self._io:
             self.check_fenced()
-            through = self.tickets.issued
-            read = self._read_locked()
-            if read.restarted and not self._restart_is_safe(read):
-                log.warning("the WAL of %s was checkpointed by someone else: starting a new "
-                            "generation so that no commit is lost", self.path)
-                self.start_generation()
-                return
+            if self._unsent is None:
+                through = self.tickets.issued
+                read = self._read_locked(self._checkpoint_if_long)
+                if read.restarted and not self._restart_is_safe(read):
+                    log.warning("the WAL of %s was checkpointed by someone else: starting a "
+                                "new generation so that no commit is lost", self.path)
+                    self.start_generation()
+                    return
+                self._unsent = (read, through)
+            read, through = self._unsent
             if read.commits:
                 self._upload_segment(read)
+            self._unsent = None
             self.tickets.mark_shipped(through)
-            self.checkpoint()
+
+    def sync(self) -> None:
+        """Ship everything, and confirm the lease even when there was nothing to ship."""
+        with self._io:
+            self.ship()
+            self._guard(self.lease.check)
 
     def _restart_is_safe(self, read: WalRead) -> bool:
         """A new WAL cycle loses nothing if we checkpointed the old one whole, all shipped."""
@@ -267,27 +282,20 @@ class Replicator:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def checkpoint(self) -> None:
-        """Move shipped frames into the database file so the WAL can start over.
+    def _checkpoint_if_long(self, read: WalRead) -> None:
+        """Under the write lock, with every commit of the WAL just read into memory: move the
+        frames into the database file so that the WAL starts over.
 
-        Holds the write lock so that no frame is committed between "all shipped" and the
-        checkpoint; the checkpoint runs on the other connection (a connection holding the write
-        lock cannot checkpoint), in PASSIVE mode, which needs no write lock.
+        The checkpoint runs on the other connection (one holding the write lock cannot), in
+        PASSIVE mode, which needs no write lock. Only when it moved every frame may the next
+        writer restart the WAL, and only then is that restart expected.
         """
-        with self._io:
-            if self.shipped.position.frames < self.options.checkpoint_frames:
-                return
-
-            def passive(read: WalRead) -> None:
-                if read.commits or read.restarted:
-                    return
-                _, wal_frames, done = self._reader.execute(
-                    "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if wal_frames == done == self.shipped.position.frames:
-                    p = self.shipped.position
-                    self._safe_restart = (p.salts, p.frames, self.shipped.cycle)
-
-            self._read_locked(passive)
+        if read.position.frames < self.options.checkpoint_frames:
+            return
+        _, wal_frames, done = self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if wal_frames == done == read.position.frames:
+            self._safe_restart = (read.position.salts, read.position.frames,
+                                  read.header.checkpoint_seq)
 
     def checkpoint_truncate(self) -> bool:
         """Empty the WAL (everything in it must be shipped or in the current snapshot)."""
@@ -330,6 +338,7 @@ class Replicator:
             s.cycle = read.header.checkpoint_seq if read.header else s.cycle
             s.bytes_uploaded += meta.size
             self._safe_restart = None
+            self._unsent = None
             self.write_sidecar()
             self.tickets.mark_shipped(through)
             log.info("started generation %s of %s with a %d-byte snapshot", generation,

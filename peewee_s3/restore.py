@@ -20,6 +20,7 @@ from .errors import (ConfigurationError, LocalStateError, NothingToRestoreError,
 from .layout import Layout
 from .lease import read_lease
 from .segments import Segment
+from .sidecar import SUFFIX as SIDECAR_SUFFIX
 from .snapshots import SnapshotMeta, download_snapshot, read_meta
 from .storage import Storage
 
@@ -90,9 +91,14 @@ def _generation_at(storage: Storage, layout: Layout, at: float) -> tuple:
             f"no state of {layout.base!r} at {_iso(at)} is kept: the oldest available is "
             f"{oldest}. Restore to {oldest} or later")
     meta = earlier[-1]
-    successors = [m for m in metas if m.parent and m.parent.get("generation") == meta.generation]
-    until = min((m.parent["seq"] for m in successors), default=None)
-    return meta, until
+    return meta, _end_of(meta.generation, metas)
+
+
+def _end_of(generation: str, metas: list) -> Optional[int]:
+    """The last segment of a generation that a later generation continued from, if any: a
+    writer that lost its lease may have added segments after it, which no restore reads."""
+    return min((m.parent["seq"] for m in metas
+                if m.parent and m.parent.get("generation") == generation), default=None)
 
 
 def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[float] = None,
@@ -101,6 +107,7 @@ def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[fl
     """Rebuild the database into `target`, which must not exist; see the module docstring."""
     if generation is not None:
         meta = read_meta(storage, layout, generation)
+        until_seq = _end_of(generation, complete_generations(storage, layout))
     elif at is not None:
         meta, until_seq = _generation_at(storage, layout, at)
     else:
@@ -114,8 +121,8 @@ def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[fl
             f.flush()
             os.fsync(f.fileno())
         _check_integrity(temp, meta.generation)
-        _fsync_dir(directory)
         os.rename(temp, target)
+        _fsync_dir(directory)
     except BaseException:
         _remove_database_files(temp)
         raise
@@ -175,9 +182,10 @@ def _remove_database_files(path: str) -> None:
 
 
 def move_aside(path: str) -> str:
-    """Rename a database file (with its -wal/-shm) out of the way; returns the new name."""
+    """Rename a database file (with its -wal, -shm and sidecar) out of the way; returns the
+    new name. The sidecar goes too: it describes the old file, not the one restored in place."""
     aside = f"{path}.before-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", SIDECAR_SUFFIX):
         if os.path.exists(path + suffix):
             os.rename(path + suffix, aside + suffix)
     return aside
@@ -232,6 +240,7 @@ def restore(*, storage: Any, database_name: str, target: str, timestamp: Any = N
         if os.path.exists(target):
             log.warning("moved %s aside to %s", target, move_aside(target))
         os.rename(staging, target)
+        _fsync_dir(os.path.dirname(os.path.abspath(target)))
         return RestoredState(state.generation, state.seq, state.commits,
                              state.last_commit_time, target)
     finally:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .config import Options
-from .errors import LeaseLostError, LocalStateError, NothingToRestoreError
+from .errors import (LeaseLostError, LocalStateError, NothingToRestoreError,
+                     PreconditionFailedError)
 from .layout import Layout
 from .lease import Lease
 from .replicator import Replicator
@@ -55,8 +56,8 @@ class Session:
                         r.write_sidecar()
                     self.lease.release()
                     log.info("released the lease on %s", r.layout.base)
-        except LeaseLostError:
-            pass
+        except (LeaseLostError, PreconditionFailedError):
+            log.warning("%s was taken over before shutdown: released nothing", r.layout.base)
         finally:
             r.close_connections()
             self.storage.close()

@@ -1,0 +1,26 @@
+"""The replicator ships pages, not databases: bytes uploaded follow the pages changed."""
+import os
+
+from .helpers import NAME, Note, make_db, stored_keys
+
+
+def test_ten_thousand_small_commits_upload_about_the_pages_they_changed(tmp_path, capsys):
+    storage_kwargs = {"storage": f"file://{tmp_path}/store"}
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_interval=0.2)
+    db.create_tables([Note])
+    db.snapshot()
+    for i in range(10_000):
+        Note.create(body=f"note number {i}")
+    db.sync()
+    generation = db.status()["generation"]
+    database_size = os.path.getsize(tmp_path / "a.db") + os.path.getsize(tmp_path / "a.db-wal")
+    segments = {k: v for k, v in stored_keys(storage_kwargs).items()
+                if k.startswith(f"{NAME}/generations/{generation}/wal/")}
+    uploaded = sum(segments.values())
+    with capsys.disabled():
+        print(f"\n10,000 commits in async mode: {len(segments)} segments, {uploaded:,} bytes "
+              f"uploaded ({uploaded / 10_000:.0f} bytes/commit); database {database_size:,} bytes")
+    # Shipping the whole database on every commit would be database_size * 10,000 bytes.
+    assert uploaded < database_size * 5
+    assert uploaded / 10_000 < 1024
+    db.shutdown()
