@@ -136,6 +136,7 @@ class S3SqliteDatabase(SqliteDatabase):
         if session is None:
             return
         replicator = session.replicator
+        replicator.clock.note()
         ticket = replicator.tickets.issue()
         if self.options.sync_mode == "sync":
             replicator.wait_durable(ticket)

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .clock import CommitClock
 from .config import Options
 from .errors import LeaseLostError, PeeweeS3Error
 from .layout import Layout, new_generation_id
@@ -80,6 +81,7 @@ class Replicator:
         self.layout = Layout(options.base_key)
         self.shipped = Shipped()
         self.tickets = Tickets()
+        self.clock = CommitClock(path)
         self.fenced: Optional[LeaseLostError] = None
         self.last_error: Optional[Exception] = None
         # `_io` serialises every step that reads the WAL or talks to storage: the thread's loop,
@@ -109,13 +111,17 @@ class Replicator:
     def close_connections(self) -> None:
         for conn in (self._writer, self._reader):
             conn.close()
+        self.clock.close()
 
     def _read_locked(self, action: Optional[Callable[[WalRead], None]] = None) -> WalRead:
         """Read the commits after our position while holding SQLite's write lock (no network);
         `action` runs under the same lock."""
         self._writer.execute("BEGIN IMMEDIATE")
         try:
+            read_at = time.time()
             read = read_commits(wal_path(self.path), self.shipped.position, verify=False)
+            if read.commits:
+                read.times = self.clock.times(read.commits, read.header.salts, read_at)
             if action:
                 action(read)
             return read
@@ -225,7 +231,7 @@ class Replicator:
                 if read.restarted and not self._restart_is_safe(read):
                     log.warning("the WAL of %s was checkpointed by someone else: starting a "
                                 "new generation so that no commit is lost", self.path)
-                    self.start_generation()
+                    self.start_generation(ship_first=False)
                     return
                 self._unsent = (read, through)
             read, through = self._unsent
@@ -250,7 +256,8 @@ class Replicator:
         now = time.time()
         seq = self.shipped.seq + 1
         segment = Segment(self.shipped.generation, seq, self.lease.epoch, read.header.page_size,
-                          tuple(CommitRecord(now, c.db_pages, c.pages) for c in read.commits))
+                          tuple(CommitRecord(t, c.db_pages, c.pages)
+                                for t, c in zip(read.times, read.commits)))
         data = segment.encode()
         key = self.layout.segment(self.shipped.generation, seq)
         self._guard(self.lease.check)
@@ -307,10 +314,15 @@ class Replicator:
 
     # -- generations -------------------------------------------------------------------------
 
-    def start_generation(self) -> str:
-        """Snapshot the database as it is now and make it the start of a new generation."""
+    def start_generation(self, ship_first: bool = True) -> str:
+        """Snapshot the database as it is now and make it the start of a new generation.
+
+        First ships what is pending into the old generation, so that it ends as late as it can
+        and a point-in-time restore before the snapshot finds every commit there."""
         with self._io:
             self.check_fenced()
+            if ship_first and self.shipped.generation:
+                self.ship()
             through = self.tickets.issued
             parent = ({"generation": self.shipped.generation, "seq": self.shipped.seq}
                       if self.shipped.generation else None)
@@ -320,13 +332,15 @@ class Replicator:
             os.close(fd)
             try:
                 read = self._pin_reader()
+                pinned_at = time.time()
                 try:
                     page_size = copy_database(self._reader, temp)
                 finally:
                     self._reader.execute("COMMIT")
                 self._guard(self.lease.check)
                 meta = upload_snapshot(self.storage, self.layout, generation, temp,
-                                       epoch=self.lease.epoch, page_size=page_size, parent=parent)
+                                       epoch=self.lease.epoch, page_size=page_size,
+                                       parent=parent, created_at=pinned_at)
             finally:
                 for suffix in ("", "-journal", "-wal", "-shm"):
                     if os.path.exists(temp + suffix):

@@ -94,13 +94,17 @@ class _Hashing:
 
 def upload_snapshot(storage: Storage, layout: Layout, generation: str, path: str, *,
                     epoch: int, page_size: int, parent: Optional[dict],
+                    created_at: Optional[float] = None,
                     progress: Optional[Callable[[int], None]] = None) -> SnapshotMeta:
-    """Stream the file at `path` up as the generation's snapshot, then write its meta last."""
+    """Stream the file at `path` up as the generation's snapshot, then write its meta last.
+
+    `created_at` is the moment the copy was consistent (default: now): a point-in-time restore
+    at or after it may start from this generation."""
     with open(path, "rb") as f:
         hashing = _Hashing(f, progress)
         storage.upload(layout.snapshot(generation), hashing, create_only=True)
     meta = SnapshotMeta(generation, hashing.size, hashing.sha256.hexdigest(), page_size,
-                        time.time(), epoch, parent)
+                        time.time() if created_at is None else created_at, epoch, parent)
     storage.create(layout.snapshot_meta(generation), meta.to_bytes())
     return meta
 

@@ -15,6 +15,7 @@ FRAME_HEADER = struct.Struct(">6I")
 MAGIC_LITTLE_ENDIAN = 0x377F0682
 MAGIC_BIG_ENDIAN = 0x377F0683
 _MASK = 0xFFFFFFFF
+WAL_INDEX_HEADER_SIZE = 48
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,12 @@ class WalHeader:
 
 @dataclass(frozen=True)
 class Commit:
-    """One committed transaction: its pages (last image of each) and the database size after it."""
+    """One committed transaction: its pages (last image of each), the database size after it,
+    and the number of WAL frames up to and including its commit frame."""
 
     pages: dict
     db_pages: int
+    end_frame: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class WalRead:
     commits: list = field(default_factory=list)
     position: WalPosition = field(default_factory=WalPosition)
     restarted: bool = False
+    times: list = field(default_factory=list)
 
 
 def checksum(data: bytes, s1: int, s2: int, big_endian: bool) -> tuple:
@@ -136,10 +140,20 @@ def _read_frames(f: BinaryIO, header: WalHeader, position: WalPosition, verify: 
         frames += 1
         pages[pgno] = raw[FRAME_HEADER.size:]
         if db_pages:
-            commits.append(Commit(dict(sorted(pages.items())), db_pages))
+            commits.append(Commit(dict(sorted(pages.items())), db_pages, frames))
             pages = {}
             committed = WalPosition(header.salts, frames, running)
     return commits, committed
+
+
+def read_wal_index(shm_fd: int) -> Optional[tuple]:
+    """(salts, last committed frame) from the wal-index header in the `-shm` file, or None if
+    its two copies disagree (a writer is updating it). See the format's "WAL-index" section."""
+    raw = os.pread(shm_fd, 2 * WAL_INDEX_HEADER_SIZE, 0)
+    if len(raw) < 2 * WAL_INDEX_HEADER_SIZE or raw[:48] != raw[48:96]:
+        return None
+    (max_frame,) = struct.unpack_from("=I", raw, 16)
+    return struct.unpack_from(">II", raw, 32), max_frame
 
 
 def wal_path(database_path: str) -> str:

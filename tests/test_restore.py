@@ -93,3 +93,36 @@ def test_a_point_in_time_gives_the_rows_committed_by_then(tmp_path, storage_kwar
             **storage_kwargs)
     assert rows_in_file(tmp_path / "r.db") == ["early"]
     db.shutdown()
+
+
+def test_a_point_in_time_inside_one_segment_stops_at_the_right_commit(tmp_path,
+                                                                        storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_interval=30)
+    db.create_tables([Note])
+    db.sync()
+    moments = []
+    for body in ("a", "b", "c", "d"):
+        Note.create(body=body)
+        moments.append(time.time())
+    db.sync()        # all four commits go up in one segment
+    for i, moment in enumerate(moments):
+        target = tmp_path / f"r{i}.db"
+        restore(target=str(target), database_name=NAME, timestamp=moment, **storage_kwargs)
+        assert rows_in_file(target) == ["a", "b", "c", "d"][:i + 1]
+    db.shutdown()
+
+
+def test_a_point_in_time_before_a_snapshot_finds_every_commit_made_by_then(tmp_path,
+                                                                          storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_interval=30)
+    db.create_tables([Note])
+    Note.create(body="before")
+    moment = time.time()
+    Note.create(body="after")
+    db.snapshot()                       # nothing shipped by hand: the snapshot ships first
+    Note.create(body="after the snapshot")
+    db.sync()
+    restore(target=str(tmp_path / "r.db"), database_name=NAME, timestamp=moment,
+            **storage_kwargs)
+    assert rows_in_file(tmp_path / "r.db") == ["before"]
+    db.shutdown()

@@ -145,42 +145,41 @@ def test_upload_create_only_refuses_an_existing_object(storage):
     assert storage.list("") == [ObjectInfo("snapshot.db", 3)]
 
 
-def test_exactly_one_of_racing_creators_wins(storage_kwargs):
-    outcomes, winner = _race(storage_kwargs, lambda s, i: s.create("lock.json", b"racer %d" % i))
-    assert outcomes.count("won") == 1 and outcomes.count("lost") == RACERS - 1
-    with open_storage(**storage_kwargs) as storage:
-        assert storage.read("lock.json") == b"racer %d" % winner
+def test_exactly_one_of_racing_creators_wins(storage):
+    outcomes = _race(lambda i: storage.create("lock.json", b"racer %d" % i))
+    assert outcomes.count("won") == 1
+    assert storage.read("lock.json") == b"racer %d" % outcomes.index("won")
 
 
-def test_exactly_one_of_racing_replacers_wins(storage_kwargs):
-    with open_storage(**storage_kwargs) as storage:
-        tag = storage.create("lock.json", b"start")
-    outcomes, winner = _race(storage_kwargs, lambda s, i: s.replace("lock.json", b"racer %d" % i, tag))
-    assert outcomes.count("won") == 1 and outcomes.count("lost") == RACERS - 1
-    with open_storage(**storage_kwargs) as storage:
-        assert storage.read("lock.json") == b"racer %d" % winner
+def test_exactly_one_of_racing_replacers_wins(storage):
+    tag = storage.create("lock.json", b"start")
+    outcomes = _race(lambda i: storage.replace("lock.json", b"racer %d" % i, tag))
+    assert outcomes.count("won") == 1
+    assert storage.read("lock.json") == b"racer %d" % outcomes.index("won")
 
 
-@pytest.mark.parametrize("operation", ["create", "replace"])
-def test_exactly_one_of_racing_processes_wins_on_a_directory(tmp_path, operation):
+def test_exactly_one_of_racing_processes_wins_on_a_directory(tmp_path):
     kwargs = {"storage": f"file://{tmp_path}/store"}
     with open_storage(**kwargs) as storage:
-        tag = storage.create("lock.json", b"start") if operation == "replace" else None
+        tag = storage.create("replaced.json", b"start")
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(RACERS), context.Queue()
     processes = [
-        context.Process(target=_race_in_process, args=(kwargs, operation, tag, i, barrier, results))
+        context.Process(target=_race_in_process, args=(kwargs, tag, i, barrier, results))
         for i in range(RACERS)
     ]
     for process in processes:
         process.start()
-    outcomes = [results.get(timeout=60) for _ in processes]
+    outcomes = dict(results.get(timeout=60) for _ in processes)  # racer -> (create, replace)
     for process in processes:
         process.join(timeout=60)
-    assert sorted(o for o, _ in outcomes) == ["lost"] * (RACERS - 1) + ["won"]
+    created = [i for i, (create, _) in outcomes.items() if create == "won"]
+    replaced = [i for i, (_, replace) in outcomes.items() if replace == "won"]
+    assert len(outcomes) == RACERS and len(created) == len(replaced) == 1
     with open_storage(**kwargs) as storage:
-        assert storage.read("lock.json") == b"racer %d" % [i for o, i in outcomes if o == "won"][0]
-        assert [o.key for o in storage.list("")] == ["lock.json"]
+        assert storage.read("created.json") == b"racer %d" % created[0]
+        assert storage.read("replaced.json") == b"racer %d" % replaced[0]
+        assert [o.key for o in storage.list("")] == ["created.json", "replaced.json"]
 
 
 def test_directory_storage_hides_temp_and_lock_files(tmp_path):
@@ -286,39 +285,37 @@ def assert_no_secret(error, storage=None):
     assert SENTINEL not in text
 
 
-def _race(storage_kwargs, operation):
-    """Run `operation(storage, i)` in RACERS threads at once, each with its own storage."""
-    storages = [open_storage(**storage_kwargs) for _ in range(RACERS)]
+def _race(operation):
+    """Run `operation(i)` in RACERS threads at once; return each racer's "won" or "lost"."""
     barrier = threading.Barrier(RACERS)
 
     def run(i):
         barrier.wait()
         try:
-            operation(storages[i], i)
+            operation(i)
             return "won"
         except PreconditionFailedError:
             return "lost"
 
-    try:
-        with ThreadPoolExecutor(RACERS) as pool:
-            outcomes = list(pool.map(run, range(RACERS)))
-    finally:
-        for storage in storages:
-            storage.close()
-    return outcomes, outcomes.index("won") if "won" in outcomes else None
+    with ThreadPoolExecutor(RACERS) as pool:
+        return list(pool.map(run, range(RACERS)))
 
 
-def _race_in_process(kwargs, operation, tag, i, barrier, results):
+def _race_in_process(kwargs, tag, i, barrier, results):
+    """One racing process: create one object, then replace another, both against the others."""
     storage = open_storage(**kwargs)
-    data = b"racer %d" % i
-    barrier.wait()
-    try:
-        storage.create("lock.json", data) if operation == "create" else storage.replace(
-            "lock.json", data, tag
-        )
-        results.put(("won", i))
-    except PreconditionFailedError:
-        results.put(("lost", i))
+    outcomes = []
+    for operation in (
+        lambda: storage.create("created.json", b"racer %d" % i),
+        lambda: storage.replace("replaced.json", b"racer %d" % i, tag),
+    ):
+        barrier.wait()
+        try:
+            operation()
+            outcomes.append("won")
+        except PreconditionFailedError:
+            outcomes.append("lost")
+    results.put((i, tuple(outcomes)))
 
 
 def _closed_port():

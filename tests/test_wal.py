@@ -69,3 +69,15 @@ def test_a_flipped_byte_ends_the_verified_read_before_the_damage(conn):
 
 def test_a_missing_wal_has_no_commits(tmp_path):
     assert read_commits(str(tmp_path / "none-wal"), WalPosition()).commits == []
+
+
+def test_the_wal_index_tells_the_last_commit_frame_and_the_cycle(conn):
+    conn.execute("INSERT INTO t VALUES (1)")
+    read = read_commits(wal(conn), WalPosition())
+    fd = os.open(wal(conn)[:-4] + "-shm", os.O_RDONLY)
+    try:
+        from peewee_s3.wal import read_wal_index
+        assert read_wal_index(fd) == (read.header.salts, read.position.frames)
+        assert read.commits[-1].end_frame == read.position.frames
+    finally:
+        os.close(fd)
