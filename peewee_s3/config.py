@@ -36,6 +36,9 @@ class Options:
     lock_wait: float = 0.0
     force_lock: bool = False
     checkpoint_frames: int = 1000
+    retention_generations: int = 2
+    retention_age: Optional[float] = 86400.0
+    unsafe_storage: bool = False
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -58,6 +61,13 @@ class Options:
         if not isinstance(self.checkpoint_frames, int) or self.checkpoint_frames < 1:
             raise ConfigurationError(
                 f"checkpoint_frames={self.checkpoint_frames!r} must be a positive integer")
+        if (not isinstance(self.retention_generations, int)
+                or isinstance(self.retention_generations, bool) or self.retention_generations < 1):
+            raise ConfigurationError(
+                f"retention_generations={self.retention_generations!r} must be an integer of at "
+                "least 1 (the current generation is always kept)")
+        if self.retention_age is not None:
+            _check_positive("retention_age", self.retention_age)
         _check_credentials(self.credentials)
 
     @property

@@ -67,7 +67,7 @@ def open_session(path: str, options: Options) -> Session:
     storage = open_storage(options.storage, **options.storage_kwargs())
     try:
         layout = Layout(options.base_key)
-        origin = f"{storage.describe()}/{layout.base}"
+        origin = _origin(storage, layout)
         lease = Lease(storage, layout.lock, options.lock_ttl, force=options.force_lock,
                       wait=options.lock_wait)
         lease.acquire()
@@ -96,6 +96,14 @@ def _begin(replicator: Replicator, plan: Plan) -> None:
         replicator.adopt(plan.generation, plan.seq, plan.created_at)
     if not (plan.carry_on and emptied):
         replicator.start_generation()
+
+
+def _origin(storage: Storage, layout: Layout) -> str:
+    """Which database a sidecar belongs to: protocol, normalised root and key, no endpoint
+    spelling and no secret (a trailing '/' or another spelling of the same URL is the same)."""
+    protocol = storage.fs.protocol
+    protocol = protocol[0] if isinstance(protocol, (tuple, list)) else protocol
+    return f"{protocol}://{storage.root.strip('/')}/{layout.base}"
 
 
 def _settle_local_file(path: str, storage: Storage, layout: Layout, lease: Lease,

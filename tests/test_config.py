@@ -63,3 +63,18 @@ def test_deferred_initialisation_validates_at_init():
         db.init("app.db", sync_mode="nope", **GOOD)
     db.init("app.db", **GOOD)
     assert db.options.database_name == "app"
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"retention_generations": 0}, ["retention_generations", "at least 1"]),
+    ({"retention_age": 0}, ["retention_age", "positive"]),
+])
+def test_bad_retention_is_refused(changes, words):
+    with pytest.raises(ConfigurationError) as info:
+        Options(**{**GOOD, **changes})
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_retention_age_none_keeps_everything():
+    assert Options(**GOOD, retention_age=None).retention_age is None

@@ -181,3 +181,13 @@ def test_peewee_errors_still_propagate(tmp_path, storage_kwargs):
             1 / 0
     assert bodies(db) == []
     db.shutdown()
+
+
+def test_another_spelling_of_the_same_storage_is_the_same_database(tmp_path):
+    db = make_db(tmp_path / "a.db", {"storage": f"file://{tmp_path}/store"})
+    db.create_tables([Note])
+    Note.create(body="kept")
+    db.shutdown()
+    again = make_db(tmp_path / "a.db", {"storage": f"file://{tmp_path}/store/"})
+    assert bodies(again) == ["kept"]
+    again.shutdown()
