@@ -87,6 +87,11 @@ class _Hashing:
         self._count(data)
         return data
 
+    def readinto(self, buffer) -> int:
+        count = self._f.readinto(buffer)
+        self._count(memoryview(buffer)[:count])
+        return count
+
     def write(self, data: bytes) -> int:
         self._count(data)
         return self._f.write(data)
