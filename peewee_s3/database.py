@@ -153,6 +153,10 @@ class S3SqliteDatabase(SqliteDatabase):
         """Start a new generation with a snapshot of the database now; returns its id."""
         return self._open_session().replicator.start_generation()
 
+    def prune(self) -> list:
+        """Apply the retention policy now; returns the generations deleted."""
+        return self._open_session().replicator.prune()
+
     def status(self) -> dict:
         """Where replication stands. Holds no secret."""
         session = self._session

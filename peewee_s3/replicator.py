@@ -21,6 +21,7 @@ from .config import Options
 from .errors import LeaseLostError, PeeweeS3Error
 from .layout import Layout, new_generation_id
 from .lease import Lease
+from .retention import prune
 from .segments import CommitRecord, Segment
 from .sidecar import Sidecar, write_sidecar
 from .snapshots import copy_database, upload_snapshot
@@ -92,6 +93,7 @@ class Replicator:
         self._thread: Optional[threading.Thread] = None
         self._safe_restart: Optional[tuple] = None
         self._unsent: Optional[tuple] = None
+        self._prune_due = False
         self._last_renewal = time.monotonic()
         self._wal_stat: Optional[tuple] = None
         self._writer = self._open_connection()
@@ -160,6 +162,8 @@ class Replicator:
                 with self._io:
                     self._tick()
                 self.last_error = None
+                if self._prune_due:
+                    self.prune()
             except LeaseLostError:
                 break
             except (PeeweeS3Error, sqlite3.Error, OSError) as exc:
@@ -265,7 +269,8 @@ class Replicator:
         if self.options.sync_mode == "sync":
             self._guard(self.lease.check)
         s = self.shipped
-        s.seq, s.position, s.cycle, s.last_sync = seq, read.position, read.header.checkpoint_seq, now
+        s.seq, s.position, s.last_sync = seq, read.position, now
+        s.cycle = read.header.checkpoint_seq
         s.bytes_uploaded += len(data)
         s.segments_uploaded += 1
         s.commits_uploaded += len(read.commits)
@@ -353,11 +358,25 @@ class Replicator:
             s.bytes_uploaded += meta.size
             self._safe_restart = None
             self._unsent = None
+            self._prune_due = True
             self.write_sidecar()
             self.tickets.mark_shipped(through)
             log.info("started generation %s of %s with a %d-byte snapshot", generation,
                      self.layout.base, meta.size)
             return generation
+
+    def prune(self) -> list:
+        """Delete whole generations the retention policy no longer needs (never the current
+        one); runs in the background after each new generation, outside the I/O lock."""
+        self._prune_due = False
+        self.check_fenced()
+        options = self.options
+        pruned = prune(self.storage, self.layout, keep_generations=options.retention_generations,
+                       max_age=options.retention_age)
+        for generation in pruned:
+            log.info("pruned generation %s of %s (%s)", generation.generation, self.layout.base,
+                     generation.reason)
+        return pruned
 
     def _pin_reader(self) -> WalRead:
         """Open a read transaction on the reader at exactly the WAL's last commit, and return

@@ -44,7 +44,10 @@ def complete_generations(storage: Storage, layout: Layout) -> list:
     for info in storage.list(layout.generations):
         generation = layout.generation_of(info.key)
         if generation and info.key == layout.snapshot_meta(generation):
-            metas.append(read_meta(storage, layout, generation))
+            try:
+                metas.append(read_meta(storage, layout, generation))
+            except ReplicaCorruptError as exc:
+                log.warning("skipping generation %s: %s", generation, exc)
     return sorted(metas, key=lambda m: (m.created_at, m.generation))
 
 
