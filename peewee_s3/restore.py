@@ -81,20 +81,34 @@ def current_generation(storage: Storage, layout: Layout) -> SnapshotMeta:
     return metas[-1]
 
 
+def lineage(storage: Storage, layout: Layout) -> list:
+    """The current generation and its ancestors by `parent` links, oldest first.
+
+    Generations off this chain — a snapshot whose meta landed although its writer saw the
+    upload fail, or one a writer made after losing its lease — hold no state of the lineage."""
+    metas = {m.generation: m for m in complete_generations(storage, layout)}
+    chain = [current_generation(storage, layout)]
+    while chain[-1].parent and chain[-1].parent.get("generation") in metas:
+        parent = metas[chain[-1].parent["generation"]]
+        if parent in chain:
+            break
+        chain.append(parent)
+    return chain[::-1]
+
+
 def _generation_at(storage: Storage, layout: Layout, at: float) -> tuple:
-    """The generation holding the state at time `at`, and the last segment of it to read."""
-    metas = complete_generations(storage, layout)
-    if not metas:
-        raise NothingToRestoreError(f"{storage.describe()} holds no complete generation of "
-                                    f"{layout.base!r}")
-    earlier = [m for m in metas if m.created_at <= at]
+    """The generation of the current lineage holding the state at time `at`, and the last
+    segment of it to read (where its successor took over)."""
+    chain = lineage(storage, layout)
+    earlier = [i for i, m in enumerate(chain) if m.created_at <= at]
     if not earlier:
-        oldest = _iso(metas[0].created_at)
+        oldest = _iso(chain[0].created_at)
         raise NothingToRestoreError(
             f"no state of {layout.base!r} at {_iso(at)} is kept: the oldest available is "
             f"{oldest}. Restore to {oldest} or later")
-    meta = earlier[-1]
-    return meta, _end_of(meta.generation, metas)
+    i = earlier[-1]
+    until = chain[i + 1].parent["seq"] if i + 1 < len(chain) else None
+    return chain[i], until
 
 
 def _end_of(generation: str, metas: list) -> Optional[int]:

@@ -107,7 +107,8 @@ def upload_snapshot(storage: Storage, layout: Layout, generation: str, path: str
     at or after it may start from this generation."""
     with open(path, "rb") as f:
         hashing = _Hashing(f, progress)
-        storage.upload(layout.snapshot(generation), hashing, create_only=True)
+        # The generation id is new and random: a plain upload, which a retry may repeat.
+        storage.upload(layout.snapshot(generation), hashing)
     meta = SnapshotMeta(generation, hashing.size, hashing.sha256.hexdigest(), page_size,
                         time.time() if created_at is None else created_at, epoch, parent)
     storage.create(layout.snapshot_meta(generation), meta.to_bytes())

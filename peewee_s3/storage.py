@@ -83,7 +83,9 @@ def open_storage(
             f"not {type(storage).__name__}"
         )
     if storage_root is not None:
-        raise ConfigurationError("storage_root goes with a filesystem instance; put the path in the URL")
+        raise ConfigurationError(
+            "storage_root goes with a filesystem instance; with a URL, put the path in the URL"
+        )
     protocols = _protocols(_filesystem_class(storage))
     options: dict = {"skip_instance_cache": True, "use_listings_cache": False}
     if "s3" in protocols:
@@ -101,7 +103,7 @@ def open_storage(
         try:
             os.makedirs(root, exist_ok=True)
         except OSError as error:
-            raise ConfigurationError(f"cannot create the storage directory {root}: {error}") from None
+            raise ConfigurationError(f"cannot create storage directory {root}: {error}") from None
     return _storage_class(protocols)(fs, root, where, secrets=secrets, owns_fs=True)
 
 
@@ -145,11 +147,32 @@ class Storage:
 
     def create(self, key: str, data: bytes) -> Tag:
         """Create if absent, else raise PreconditionFailedError."""
-        return self.upload(key, io.BytesIO(data), create_only=True)
+        try:
+            return self.upload(key, io.BytesIO(data), create_only=True)
+        except PreconditionFailedError as error:
+            return self._landed(key, data, error)
 
     def replace(self, key: str, data: bytes, tag: Tag) -> Tag:
         """Replace if the object still has `tag`, else raise PreconditionFailedError."""
+        try:
+            return self._replace(key, data, tag)
+        except PreconditionFailedError as error:
+            return self._landed(key, data, error)
+
+    def _replace(self, key: str, data: bytes, tag: Tag) -> Tag:
         raise NotImplementedError
+
+    def _landed(self, key: str, data: bytes, error: PreconditionFailedError) -> Tag:
+        """A conditional write refused because an earlier attempt of the same request landed:
+        botocore retries a PUT whose answer was lost, and the retry meets its own object. The
+        object then holds exactly our bytes (ours carry unique ids and times): that is success."""
+        try:
+            stored, tag = self.read_tagged(key)
+        except ObjectNotFoundError:
+            raise error from None
+        if stored != data:
+            raise error
+        return tag
 
     def delete(self, key: str) -> None:
         with self._errors(key), contextlib.suppress(FileNotFoundError):
@@ -239,7 +262,7 @@ class S3Storage(Storage):
         with self._errors(key):
             return sync(self.fs.loop, self._get_object, key)
 
-    def replace(self, key: str, data: bytes, tag: Tag) -> Tag:
+    def _replace(self, key: str, data: bytes, tag: Tag) -> Tag:
         with self._errors(key, conditional=True):
             return self._call("put_object", key, Body=data, IfMatch=tag)["ETag"]
 
@@ -264,24 +287,24 @@ class S3Storage(Storage):
     ) -> Tag:
         condition = {"IfNoneMatch": "*"} if create_only else {}
         with self._errors(key):
-            chunk = _read_up_to(fileobj, CHUNK_SIZE)
-            if len(chunk) < CHUNK_SIZE:  # small enough for one PUT
-                tag = self._call("put_object", key, Body=chunk, **condition)["ETag"]
-                _report(progress, len(chunk))
+            part, size = _read_part(fileobj, CHUNK_SIZE)
+            if size < CHUNK_SIZE:  # small enough for one PUT
+                tag = self._call("put_object", key, Body=part, **condition)["ETag"]
+                _report(progress, size)
                 return tag
             upload_id = self._call("create_multipart_upload", key)["UploadId"]
             try:
                 parts = []
-                while chunk:
+                while size:
                     number = len(parts) + 1
                     out = self._call(
-                        "upload_part", key, Body=chunk, UploadId=upload_id, PartNumber=number
+                        "upload_part", key, Body=part, UploadId=upload_id, PartNumber=number
                     )
                     checksums = {k: v for k, v in out.items() if k.startswith("Checksum")}
                     parts.append({"PartNumber": number, "ETag": out["ETag"], **checksums})
-                    _report(progress, len(chunk))
-                    del chunk  # before the next part is read: one part in memory at a time
-                    chunk = _read_up_to(fileobj, CHUNK_SIZE)
+                    _report(progress, size)
+                    del part  # before the next part is read: one part in memory at a time
+                    part, size = _read_part(fileobj, CHUNK_SIZE)
                 return self._call(
                     "complete_multipart_upload",
                     key,
@@ -338,7 +361,7 @@ class LocalStorage(Storage):
             data = f.read()
         return data, hashlib.sha256(data).hexdigest()
 
-    def replace(self, key: str, data: bytes, tag: Tag) -> Tag:
+    def _replace(self, key: str, data: bytes, tag: Tag) -> Tag:
         path = self._path(key)
         with self._errors(key, conditional=True), self._locked(path):
             self._check_tag(key, path, tag)
@@ -416,7 +439,7 @@ class FsspecStorage(Storage):
             data = self.fs.cat_file(self._path(key))
         return data, hashlib.sha256(data).hexdigest()
 
-    def replace(self, key: str, data: bytes, tag: Tag) -> Tag:
+    def _replace(self, key: str, data: bytes, tag: Tag) -> Tag:
         with _PROCESS_LOCK:
             self._check_tag(key, tag)
             return self.write(key, data)
@@ -511,7 +534,10 @@ def _s3fs_options(region, endpoint_url, force_path_style, credentials) -> dict:
     client_kwargs = {"endpoint_url": endpoint_url, "region_name": region}
     # Checksums only where S3 requires them: fewer copies of each part in memory, and servers
     # that reject the newer default checksum headers keep working.
-    config_kwargs: dict = {"retries": dict(RETRIES), "request_checksum_calculation": "when_required"}
+    config_kwargs: dict = {
+        "retries": dict(RETRIES),
+        "request_checksum_calculation": "when_required",
+    }
     if force_path_style:
         config_kwargs["s3"] = {"addressing_style": "path"}
     options = {
@@ -561,7 +587,8 @@ def _storage_class(protocols: tuple) -> type:
 
 def _secrets(credentials, storage_options) -> list:
     values = list((credentials or {}).values())
-    values += [v for k, v in (storage_options or {}).items() if k in ("key", "secret", "token", "password")]
+    secret_options = ("key", "secret", "token", "password")
+    values += [v for k, v in (storage_options or {}).items() if k in secret_options]
     return [v for v in values if isinstance(v, str) and len(v) >= 8]  # shorter: no real secret
 
 
@@ -579,12 +606,26 @@ def _safe_url(url: str) -> str:
     return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
-def _read_up_to(fileobj: IO[bytes], size: int) -> bytes:
-    """Read `size` bytes, fewer only at the end of the file."""
-    data = fileobj.read(size)
-    while 0 < len(data) < size and (more := fileobj.read(size - len(data))):
-        data += more
-    return data
+def _read_part(fileobj: IO[bytes], size: int) -> tuple[io.BytesIO, int]:
+    """Up to `size` bytes of `fileobj` (fewer only at its end), and how many.
+
+    They are read straight into a BytesIO that owns its buffer: given bytes, botocore wraps them
+    in a BytesIO that aiohttp copies before sending, which would hold each part twice.
+    """
+    part = io.BytesIO()
+    part.seek(size - 1)
+    part.write(b"\0")
+    length = 0
+    with part.getbuffer() as buffer:
+        while length < size:
+            with buffer[length:] as rest:
+                count = fileobj.readinto(rest)
+            if not count:
+                break
+            length += count
+    part.truncate(length)
+    part.seek(0)
+    return part, length
 
 
 async def _read_piece(body, size: int) -> bytes:

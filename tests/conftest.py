@@ -4,6 +4,7 @@
 `open_storage` (and to `S3SqliteDatabase`); `storage` is the opened storage itself.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 
+import fsspec
 import pytest
 import s3fs
 from moto.server import ThreadedMotoServer
@@ -123,11 +125,16 @@ def make_bucket(_bucket_clients):
 @pytest.fixture(params=["memory", "file", "moto", "seaweedfs"])
 def storage_kwargs(request, tmp_path, make_bucket):
     if request.param == "memory":
-        return {"storage": f"memory://test-{uuid.uuid4().hex}"}
-    if request.param == "file":
-        return {"storage": f"file://{tmp_path}/store"}
-    endpoint = request.getfixturevalue(f"{'moto' if request.param == 'moto' else 'seaweed'}_endpoint")
-    return _s3_kwargs(endpoint, make_bucket(endpoint))
+        name = f"test-{uuid.uuid4().hex}"
+        yield {"storage": f"memory://{name}"}
+        with contextlib.suppress(FileNotFoundError):  # memory:// lives as long as the process
+            fsspec.filesystem("memory").rm(f"/{name}", recursive=True)
+    elif request.param == "file":
+        yield {"storage": f"file://{tmp_path}/store"}
+    else:
+        server = "moto" if request.param == "moto" else "seaweed"
+        endpoint = request.getfixturevalue(f"{server}_endpoint")
+        yield _s3_kwargs(endpoint, make_bucket(endpoint))
 
 
 @pytest.fixture
