@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .config import Options
-from .errors import (LeaseLostError, LocalStateError, NothingToRestoreError,
+from .errors import (ConfigurationError, LeaseLostError, LocalStateError, NothingToRestoreError,
                      PreconditionFailedError)
 from .layout import Layout
 from .lease import Lease
+from .probe import probe_conditional_writes
 from .replicator import Replicator
 from .restore import current_generation, move_aside, restore_to, segment_seqs
 from .sidecar import Sidecar, read_sidecar, remove_sidecar
@@ -68,6 +69,7 @@ def open_session(path: str, options: Options) -> Session:
     try:
         layout = Layout(options.base_key)
         origin = _origin(storage, layout)
+        _check_conditional_writes(storage, layout, options)
         lease = Lease(storage, layout.lock, options.lock_ttl, force=options.force_lock,
                       wait=options.lock_wait)
         lease.acquire()
@@ -88,6 +90,22 @@ def open_session(path: str, options: Options) -> Session:
         raise
     replicator.start()
     return Session(path, options, storage, lease, replicator)
+
+
+def _check_conditional_writes(storage: Storage, layout: Layout, options: Options) -> None:
+    """The lease is only as safe as the storage's create-if-absent: ask it, every session."""
+    if probe_conditional_writes(storage, layout.base):
+        return
+    if not options.unsafe_storage:
+        raise ConfigurationError(
+            f"{storage.describe()} ignores conditional writes (it accepted a second "
+            "create-if-absent of the same key), so its lease cannot keep a second writer out. "
+            "Use storage that honours If-None-Match/If-Match (AWS S3, R2, MinIO, SeaweedFS, a "
+            "local directory), or pass unsafe_storage=True if you are sure only one instance "
+            "ever runs")
+    log.warning("%s ignores conditional writes: running with unsafe_storage=True, the lease "
+                "cannot keep a second writer out — make sure only one instance runs",
+                storage.describe())
 
 
 def _begin(replicator: Replicator, plan: Plan) -> None:
