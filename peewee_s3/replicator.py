@@ -30,6 +30,10 @@ from .wal import WalPosition, WalRead, read_commits, wal_path
 
 log = logging.getLogger("peewee_s3")
 
+# A new generation also starts once the segments since the snapshot outweigh this share of it,
+# so that a restore never reads much more than the database itself.
+SEGMENTS_SHARE_OF_SNAPSHOT = 0.5
+
 
 @dataclass
 class Shipped:
@@ -43,6 +47,8 @@ class Shipped:
     last_snapshot: Optional[float] = None
     bytes_uploaded: int = 0
     segments_uploaded: int = 0
+    snapshot_size: int = 0
+    generation_bytes: int = 0
     commits_uploaded: int = 0
 
 
@@ -175,8 +181,9 @@ class Replicator:
         if time.monotonic() - self._last_renewal >= self.options.renew_every:
             self.renew()
         changed = self._wal_changed()
-        snapshot_due = (time.time() - (self.shipped.last_snapshot or 0)
-                        >= self.options.snapshot_interval)
+        s = self.shipped
+        snapshot_due = (time.time() - (s.last_snapshot or 0) >= self.options.snapshot_interval
+                        or s.generation_bytes > SEGMENTS_SHARE_OF_SNAPSHOT * s.snapshot_size > 0)
         if snapshot_due and (changed or self.shipped.seq > 0):
             self.start_generation()
         elif changed:
@@ -272,6 +279,7 @@ class Replicator:
         s.seq, s.position, s.last_sync = seq, read.position, now
         s.cycle = read.header.checkpoint_seq
         s.bytes_uploaded += len(data)
+        s.generation_bytes += len(data)
         s.segments_uploaded += 1
         s.commits_uploaded += len(read.commits)
         self.write_sidecar()
@@ -356,6 +364,7 @@ class Replicator:
             s.position = read.position
             s.cycle = read.header.checkpoint_seq if read.header else s.cycle
             s.bytes_uploaded += meta.size
+            s.snapshot_size, s.generation_bytes = meta.size, 0
             self._safe_restart = None
             self._unsent = None
             self._prune_due = True

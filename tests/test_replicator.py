@@ -1,5 +1,6 @@
 """The replicator ships pages, not databases: bytes uploaded follow the pages changed."""
 import os
+import time
 
 from .helpers import NAME, Note, make_db, stored_keys
 
@@ -23,4 +24,20 @@ def test_ten_thousand_small_commits_upload_about_the_pages_they_changed(tmp_path
     # Shipping the whole database on every commit would be database_size * 10,000 bytes.
     assert uploaded < database_size * 5
     assert uploaded / 10_000 < 1024
+    db.shutdown()
+
+
+def test_segments_outweighing_the_snapshot_start_a_new_generation(tmp_path):
+    storage_kwargs = {"storage": f"file://{tmp_path}/store"}
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_interval=0.05)
+    db.create_tables([Note])
+    first = db.snapshot()
+    for i in range(400):
+        Note.create(body="x" * 2000)     # far more than half the first snapshot's size
+    db.sync()
+    deadline = time.monotonic() + 10
+    while db.status()["generation"] == first and time.monotonic() < deadline:
+        Note.create(body="tick")
+        time.sleep(0.1)
+    assert db.status()["generation"] != first
     db.shutdown()
