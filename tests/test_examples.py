@@ -1,0 +1,113 @@
+"""The examples run as shipped: the web apps through their test clients, the scripts as processes,
+on a local directory by default and on S3 (moto) through the environment variables."""
+import importlib.util
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from peewee_s3 import restore
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+@pytest.fixture(params=["file", "moto"])
+def example_env(request, tmp_path, monkeypatch):
+    """The environment an example reads: its data directory, and the storage when on S3."""
+    monkeypatch.setenv("PEEWEE_S3_DATA_DIR", str(tmp_path / "data"))
+    if request.param == "file":
+        monkeypatch.delenv("PEEWEE_S3_STORAGE", raising=False)
+        monkeypatch.delenv("PEEWEE_S3_ENDPOINT_URL", raising=False)
+        return {"storage": f"file://{tmp_path}/data/storage"}
+    endpoint = request.getfixturevalue("moto_endpoint")
+    bucket = request.getfixturevalue("make_bucket")(endpoint)
+    for name, value in {"PEEWEE_S3_STORAGE": f"s3://{bucket}/todo",
+                        "PEEWEE_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(name, value)
+    return request.getfixturevalue("s3_kwargs")(endpoint, bucket) | {
+        "storage": f"s3://{bucket}/todo"}
+
+
+def load_example(relative_path):
+    """Import an example file afresh, as running it would (its module code connects)."""
+    name = f"example_{uuid.uuid4().hex}"
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def exercise_the_todo_api(get, post):
+    """The same conversation with either app: list, create, complete, and the errors."""
+    assert get("/todos") == (200, [])
+    status, created = post("/todos", {"title": "  write the tests "})
+    assert status == 201 and created["title"] == "write the tests" and created["done"] is False
+    assert post("/todos", {"title": "ship it"})[0] == 201
+    status, completed = post(f"/todos/{created['id']}/complete", None)
+    assert status == 200 and completed["done"] is True
+    assert post("/todos/999/complete", None)[0] == 404
+    assert post("/todos", {"title": " "})[0] == 400
+    status, todos = get("/todos")
+    assert [(t["title"], t["done"]) for t in todos] == [("write the tests", True),
+                                                        ("ship it", False)]
+    status, replication = get("/status")
+    assert status == 200 and replication["open"] and replication["pending_commits"] == 0
+
+
+def titles_in_storage(tmp_path, storage):
+    import sqlite3
+
+    state = restore(target=str(tmp_path / f"check-{uuid.uuid4().hex}.db"), database_name="todo",
+                    **storage)
+    with sqlite3.connect(state.path) as conn:
+        return [title for (title,) in conn.execute("SELECT title FROM todo ORDER BY id")]
+
+
+def test_the_flask_example_serves_its_todo_api(tmp_path, example_env):
+    example = load_example("flask_app/app.py")
+    client = example.app.test_client()
+
+    def get(path):
+        response = client.get(path)
+        return response.status_code, response.get_json()
+
+    def post(path, body):
+        response = client.post(path, json=body) if body is not None else client.post(path)
+        return response.status_code, response.get_json()
+
+    exercise_the_todo_api(get, post)
+    assert example.db.is_closed()  # every request closed its connection; the session lives on
+    example.db.shutdown()
+    assert titles_in_storage(tmp_path, example_env) == ["write the tests", "ship it"]
+
+
+def test_the_fastapi_example_serves_its_todo_api(tmp_path, example_env):
+    example = load_example("fastapi_app/app.py")
+    with TestClient(example.app) as client:  # runs the lifespan: connect ... shutdown
+        def get(path):
+            response = client.get(path)
+            return response.status_code, response.json()
+
+        def post(path, body):
+            response = client.post(path, json=body) if body is not None else client.post(path)
+            return response.status_code, response.json()
+
+        exercise_the_todo_api(get, post)
+    assert example.db.status()["open"] is False  # the lifespan shut it down
+    assert titles_in_storage(tmp_path, example_env) == ["write the tests", "ship it"]
+
+
+def test_the_read_replica_example_prints_the_lag_of_two_replicas():
+    env = dict(os.environ, PEEWEE_S3_DEMO_SECONDS="2")
+    env.pop("PEEWEE_S3_STORAGE", None)
+    done = subprocess.run([sys.executable, os.path.join(EXAMPLES, "read_replica.py")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for name in ("replica-1", "replica-2"):
+        assert f"{name}: newest row #" in done.stdout
+        assert f"{name}: newest row seen was written p50" in done.stdout
+    assert "writer:    wrote" in done.stdout
