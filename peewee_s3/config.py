@@ -5,6 +5,7 @@ Credentials are kept out of its repr.
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
@@ -12,6 +13,11 @@ from typing import Any, Mapping, Optional
 from .errors import ConfigurationError
 
 SYNC_MODES = ("async", "sync")
+# The options that say where a database is stored (and how loudly to log): what a reader of
+# the storage — a replica, the CLI, restore() — takes. Every other option is the writer's.
+STORAGE_OPTIONS = ("storage", "database_name", "storage_root", "key_prefix", "region",
+                   "endpoint_url", "force_path_style", "credentials", "storage_options",
+                   "verbose")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CREDENTIAL_KEYS = {"access_key_id", "secret_access_key", "session_token"}
 
@@ -86,6 +92,16 @@ class Options:
         return dict(storage_root=self.storage_root, region=self.region,
                     endpoint_url=self.endpoint_url, force_path_style=self.force_path_style,
                     credentials=self.credentials, storage_options=self.storage_options)
+
+
+def log_verbosely() -> None:
+    """verbose=True: INFO on the peewee_s3 logger, printed to stderr unless the app logs."""
+    logger = logging.getLogger("peewee_s3")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s peewee_s3 %(message)s"))
+        logger.addHandler(handler)
 
 
 def _check_storage(storage: Any, storage_root: Optional[str]) -> None:

@@ -7,7 +7,6 @@ replicator. It never talks to storage itself.
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import threading
 import time
@@ -15,22 +14,12 @@ from typing import Any, Optional
 
 from peewee import InterfaceError, SqliteDatabase
 
-from .config import Options
+from .config import Options, log_verbosely
 from .errors import ConfigurationError, LeaseLostError
 from .session import Session, open_session
 
 _OUR_PRAGMAS = {"journal_mode", "wal_autocheckpoint"}
 _OPTION_NAMES = [name for name in Options.__dataclass_fields__]
-
-
-def _log_verbosely() -> None:
-    """verbose=True: INFO on the peewee_s3 logger, printed to stderr unless the app logs."""
-    logger = logging.getLogger("peewee_s3")
-    logger.setLevel(logging.INFO)
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s peewee_s3 %(message)s"))
-        logger.addHandler(handler)
 
 
 def _is_read(sql: str) -> bool:
@@ -56,7 +45,7 @@ class S3SqliteDatabase(SqliteDatabase):
         self._shut_down = False
         super().init(database, **kwargs)
         if self.options and self.options.verbose:
-            _log_verbosely()
+            log_verbosely()
 
     @staticmethod
     def _check_pragmas(pragmas: Any) -> None:

@@ -41,7 +41,7 @@ from urllib.parse import quote
 
 from peewee import OperationalError, SqliteDatabase
 
-from .config import Options
+from .config import STORAGE_OPTIONS, Options, log_verbosely
 from .errors import ConfigurationError, ObjectNotFoundError, PeeweeS3Error, ReplicaCorruptError
 from .layout import Layout
 from .lease import read_lease
@@ -55,9 +55,6 @@ __all__ = ["S3SqliteReplica", "ReadOnlyReplicaError"]
 
 log = logging.getLogger("peewee_s3")
 
-STORAGE_OPTIONS = ("storage", "database_name", "storage_root", "key_prefix", "region",
-                   "endpoint_url", "force_path_style", "credentials", "storage_options",
-                   "verbose")
 WRITER_OPTIONS = tuple(sorted(set(Options.__dataclass_fields__) - set(STORAGE_OPTIONS)))
 LEASE_READ_EVERY = 5      # idle polls between two reads of lock.json
 MAX_FETCH = 64            # segments fetched in one poll before they are applied
@@ -407,8 +404,7 @@ class S3SqliteReplica(SqliteDatabase):
         self._follower_lock = threading.Lock()
         super().init(database, **kwargs)
         if self.options and self.options.verbose:
-            from .database import _log_verbosely
-            _log_verbosely()
+            log_verbosely()
 
     # -- following ---------------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ from playhouse import db_url
 from .config import Options
 from .database import S3SqliteDatabase
 from .errors import ConfigurationError
-from .replica import STORAGE_OPTIONS, WRITER_OPTIONS, S3SqliteReplica
+from .config import STORAGE_OPTIONS
+from .replica import WRITER_OPTIONS, S3SqliteReplica
 
 __all__ = ["SCHEME", "REPLICA_SCHEME", "database_from_url_params", "replica_from_url_params"]
 
