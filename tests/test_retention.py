@@ -97,12 +97,12 @@ def test_prune_deletes_whole_generations_and_a_dry_run_nothing(storage):
     set_current(storage, older_current)
     before = storage.list(LAYOUT.generations)
 
-    planned = prune(storage, LAYOUT, keep_generations=1, max_age=HOUR, dry_run=True)
+    planned = prune(storage, LAYOUT, keep_generations=1, max_age=HOUR, dry_run=True, now=now)
     assert [(p.generation, p.complete, p.objects) for p in planned] == [
         (old, True, 4), (abandoned, False, 3)]
     assert storage.list(LAYOUT.generations) == before
 
-    assert prune(storage, LAYOUT, keep_generations=1, max_age=HOUR) == planned
+    assert prune(storage, LAYOUT, keep_generations=1, max_age=HOUR, now=now) == planned
     assert [g.id for g in stored_generations(storage, LAYOUT)] == [older_current, newer, newest]
 
 
