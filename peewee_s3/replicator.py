@@ -30,9 +30,11 @@ from .wal import WalPosition, WalRead, read_commits, wal_path
 
 log = logging.getLogger("peewee_s3")
 
-# A new generation also starts once the segments since the snapshot outweigh this share of it,
-# so that a restore never reads much more than the database itself.
+# A new generation also starts once the segments since the snapshot outweigh this share of it
+# (and this many bytes, so that a small database is not snapshotted over and over), so that a
+# restore never reads much more than the database itself.
 SEGMENTS_SHARE_OF_SNAPSHOT = 0.5
+SEGMENTS_MIN_BYTES_FOR_SNAPSHOT = 4 << 20
 
 
 @dataclass
@@ -183,7 +185,8 @@ class Replicator:
         changed = self._wal_changed()
         s = self.shipped
         snapshot_due = (time.time() - (s.last_snapshot or 0) >= self.options.snapshot_interval
-                        or s.generation_bytes > SEGMENTS_SHARE_OF_SNAPSHOT * s.snapshot_size > 0)
+                        or s.generation_bytes > max(SEGMENTS_SHARE_OF_SNAPSHOT * s.snapshot_size,
+                                                    SEGMENTS_MIN_BYTES_FOR_SNAPSHOT))
         if snapshot_due and (changed or self.shipped.seq > 0):
             self.start_generation()
         elif changed:
@@ -238,8 +241,16 @@ class Replicator:
             self.check_fenced()
             if self._unsent is None:
                 through = self.tickets.issued
-                read = self._read_locked(self._checkpoint_if_long)
-                if read.restarted and not self._restart_is_safe(read):
+                lost = []
+
+                def judge_then_checkpoint(read: WalRead) -> None:
+                    # Judge the restart before the checkpoint records a new expected one.
+                    lost.append(read.restarted and not self._restart_is_safe(read))
+                    if not lost[0]:
+                        self._checkpoint_if_long(read)
+
+                read = self._read_locked(judge_then_checkpoint)
+                if lost[0]:
                     log.warning("the WAL of %s was checkpointed by someone else: starting a "
                                 "new generation so that no commit is lost", self.path)
                     self.start_generation(ship_first=False)

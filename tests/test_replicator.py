@@ -32,12 +32,25 @@ def test_segments_outweighing_the_snapshot_start_a_new_generation(tmp_path):
     db = make_db(tmp_path / "a.db", storage_kwargs, sync_interval=0.05)
     db.create_tables([Note])
     first = db.snapshot()
-    for i in range(400):
-        Note.create(body="x" * 2000)     # far more than half the first snapshot's size
+    for i in range(2500):                # 10 MB of random hex: over 4 MiB even compressed
+        Note.create(body=os.urandom(2000).hex())
     db.sync()
     deadline = time.monotonic() + 10
     while db.status()["generation"] == first and time.monotonic() < deadline:
         Note.create(body="tick")
         time.sleep(0.1)
     assert db.status()["generation"] != first
+    db.shutdown()
+
+
+def test_the_replicators_own_checkpoints_keep_one_generation_under_bursts(tmp_path):
+    storage_kwargs = {"storage": f"file://{tmp_path}/store"}
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_interval=0.05, checkpoint_frames=50)
+    db.create_tables([Note])
+    first = db.status()["generation"]
+    for i in range(3000):               # many bursts of > checkpoint_frames between shipments
+        Note.create(body=str(i))
+    db.sync()
+    assert db.status()["generation"] == first
+    assert db.status()["segments_uploaded"] > 1
     db.shutdown()
