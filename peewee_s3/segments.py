@@ -54,7 +54,9 @@ class Segment:
         return self.commits[-1].time
 
     def encode(self) -> bytes:
-        """MAGIC, header length, JSON header, zlib body of (pgno, page) records, then sha256."""
+        """MAGIC, header length, zlib'd JSON header, zlib body of (pgno, page) records, sha256.
+
+        The header is compressed too: its per-commit entries are most of a small segment."""
         body = b"".join(_PGNO.pack(pgno) + data
                         for commit in self.commits for pgno, data in commit.pages.items())
         header = json.dumps({
@@ -63,6 +65,7 @@ class Segment:
             "commits": [{"time": c.time, "db_pages": c.db_pages, "pages": len(c.pages)}
                         for c in self.commits],
         }, separators=(",", ":")).encode()
+        header = zlib.compress(header, 9)
         payload = MAGIC + _LENGTH.pack(len(header)) + header + zlib.compress(body, 6)
         return payload + hashlib.sha256(payload).digest()
 
@@ -77,7 +80,7 @@ class Segment:
         (length,) = _LENGTH.unpack_from(payload, len(MAGIC))
         start = len(MAGIC) + _LENGTH.size
         try:
-            header = json.loads(payload[start:start + length])
+            header = json.loads(zlib.decompress(payload[start:start + length]))
             if header["format"] != FORMAT:
                 raise _corrupt(key, f"it has format {header['format']}, this version reads "
                                f"{FORMAT}: upgrade peewee-s3")
