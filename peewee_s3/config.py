@@ -57,7 +57,8 @@ class Options:
                 "background) or 'sync' (a commit returns once it is durable)")
         for name in ("sync_interval", "snapshot_interval", "lock_ttl"):
             _check_positive(name, getattr(self, name))
-        if self.lock_wait < 0:
+        if (isinstance(self.lock_wait, bool) or not isinstance(self.lock_wait, (int, float))
+                or not self.lock_wait >= 0):
             raise ConfigurationError(f"lock_wait={self.lock_wait!r} must be 0 (fail at once) "
                                      "or a number of seconds to wait for the lease")
         if self.lock_ttl < 3:

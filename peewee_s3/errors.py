@@ -45,5 +45,9 @@ class LocalStateError(PeeweeS3Error):
     """The local file and the storage disagree in a way that cannot be resolved safely."""
 
 
+class LocalWriteError(PeeweeS3Error, OSError):
+    """A local file could not be written (disk full, read-only directory, ...)."""
+
+
 class NothingToRestoreError(PeeweeS3Error, FileNotFoundError):
     """The storage holds no complete generation of this database."""

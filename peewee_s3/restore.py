@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Union
 
-from .errors import (ConfigurationError, LocalStateError, NothingToRestoreError,
+from .errors import (ConfigurationError, LocalStateError, LocalWriteError, NothingToRestoreError,
                      ObjectNotFoundError, ReplicaCorruptError)
 from .layout import Layout
 from .lease import read_lease
@@ -77,7 +77,11 @@ def segment_sizes(storage: Storage, layout: Layout, generation: str) -> list:
 
 def current_generation(storage: Storage, layout: Layout) -> SnapshotMeta:
     """The generation a latest-state restore reads: lock.json's, else the newest complete one."""
-    lease = read_lease(storage, layout.lock)
+    try:
+        lease = read_lease(storage, layout.lock)
+    except ReplicaCorruptError as exc:
+        log.warning("%s; restoring the newest complete generation", exc)
+        lease = None
     if lease and lease.generation:
         try:
             return read_meta(storage, layout, lease.generation)
@@ -134,7 +138,13 @@ def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[fl
                ) -> RestoredState:
     """Rebuild the database into `target`, which must not exist; see the module docstring."""
     if generation is not None:
-        meta = read_meta(storage, layout, generation)
+        try:
+            meta = read_meta(storage, layout, generation)
+        except ObjectNotFoundError:
+            raise NothingToRestoreError(
+                f"generation {generation} of {layout.base!r} is not in {storage.describe()} "
+                "or is incomplete: peewee-s3 generations lists those that can be restored"
+            ) from None
         until_seq = _end_of(generation, complete_generations(storage, layout))
     elif at is not None:
         meta, until_seq = _generation_at(storage, layout, at)
@@ -151,6 +161,12 @@ def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[fl
         _check_integrity(temp, meta.generation)
         os.rename(temp, target)
         _fsync_dir(directory)
+    except LocalWriteError as error:
+        _remove_database_files(temp)
+        raise LocalWriteError(
+            f"could not write the restored copy of {target}: {error.__cause__ or error}. "
+            f"Nothing was changed; free space in {directory} (or choose another target) and "
+            "restore again") from error
     except BaseException:
         _remove_database_files(temp)
         raise

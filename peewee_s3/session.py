@@ -133,6 +133,7 @@ def _settle_local_file(path: str, storage: Storage, layout: Layout, lease: Lease
         return _new_lineage(path, origin)
     if not _exists(path):
         return _restore(path, storage, layout, lease, meta)
+    _check_is_sqlite(path)
     sidecar = read_sidecar(path)
     if sidecar is None or sidecar.origin != origin:
         found = "no sidecar" if sidecar is None else f"a sidecar of {sidecar.origin}"
@@ -159,8 +160,18 @@ def _settle_local_file(path: str, storage: Storage, layout: Layout, lease: Lease
         "and replicate it under another database_name")
 
 
+def _check_is_sqlite(path: str) -> None:
+    with open(path, "rb") as f:
+        magic = f.read(16)
+    if magic and magic != b"SQLite format 3\x00":
+        raise LocalStateError(
+            f"{path} is not a SQLite database (it starts with {magic[:8]!r}): nothing was "
+            "changed. Point S3SqliteDatabase at the right file, or move this one away")
+
+
 def _new_lineage(path: str, origin: str) -> Plan:
     if _exists(path):
+        _check_is_sqlite(path)
         sidecar = read_sidecar(path)
         if sidecar and sidecar.origin != origin:
             raise LocalStateError(

@@ -26,6 +26,7 @@ from fsspec.asyn import sync
 
 from .errors import (
     ConfigurationError,
+    LocalWriteError,
     ObjectNotFoundError,
     PeeweeS3Error,
     PreconditionFailedError,
@@ -215,7 +216,7 @@ class Storage:
             self._path(key), "rb", block_size=CHUNK_SIZE, cache_type="none"
         ) as source:
             while chunk := source.read(CHUNK_SIZE):
-                fileobj.write(chunk)
+                _write_local(fileobj, chunk)
                 total += len(chunk)
                 _report(progress, len(chunk))
                 del chunk  # before the next part is read: one part in memory at a time
@@ -324,7 +325,7 @@ class S3Storage(Storage):
             body = self._call("get_object", key)["Body"]
             try:
                 while piece := sync(self.fs.loop, _read_piece, body, STREAM_PIECE):
-                    fileobj.write(piece)
+                    _write_local(fileobj, piece)
                     total += len(piece)
                     _report(progress, len(piece))
             finally:
@@ -654,3 +655,11 @@ def _move_into_place(temp: str, path: str, move: Callable[[str, str], None]) -> 
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def _write_local(fileobj: IO[bytes], data: bytes) -> None:
+    """Write downloaded bytes; a local failure (disk full) is not the storage's fault."""
+    try:
+        fileobj.write(data)
+    except OSError as error:
+        raise LocalWriteError(f"writing the downloaded object locally failed: {error}") from error
