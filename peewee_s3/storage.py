@@ -11,7 +11,9 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import logging
 import os
+import re
 import threading
 import uuid
 from dataclasses import dataclass
@@ -663,3 +665,21 @@ def _write_local(fileobj: IO[bytes], data: bytes) -> None:
         fileobj.write(data)
     except OSError as error:
         raise LocalWriteError(f"writing the downloaded object locally failed: {error}") from error
+
+
+class _HideSessionTokens(logging.Filter):
+    """botocore logs each signed request at DEBUG, session token included: blank it out, so
+    that no log of this process shows a credential (the key id and signature are not secret)."""
+
+    TOKEN = re.compile(r"(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^\s'\",}]+", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        hidden = self.TOKEN.sub(r"\1***", message)
+        if hidden != message:
+            record.msg, record.args = hidden, None
+        return True
+
+
+for _name in ("botocore.auth", "botocore.endpoint", "aiobotocore.endpoint"):
+    logging.getLogger(_name).addFilter(_HideSessionTokens())
