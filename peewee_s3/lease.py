@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 from .errors import (LeaseHeldError, LeaseLostError, ObjectNotFoundError,
-                     PreconditionFailedError, ReplicaCorruptError)
+                     PreconditionFailedError, ReplicaCorruptError, StorageError)
 from .storage import Storage
 
 FORMAT = 1
@@ -104,12 +104,15 @@ class Lease:
         while True:
             try:
                 return self._try_acquire()
+            except PreconditionFailedError:
+                continue
+            except StorageError:
+                self._let_go_if_stored()
+                raise
             except LeaseHeldError:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
-            except PreconditionFailedError:
-                continue
 
     def _try_acquire(self) -> LeaseRecord:
         now = time.time()
@@ -126,6 +129,18 @@ class Lease:
                 "lock_wait=SECONDS to wait, or force_lock=True to take it over (dev only)")
         self.previous = current
         return self._store(self._new_record(current.epoch + 1, current.generation, now), tag)
+
+    def _let_go_if_stored(self) -> None:
+        """Taking the lease failed, but the write may have landed with its answer lost: if
+        lock.json names us, release it, so that the next connect is not refused for lock_ttl."""
+        try:
+            data, tag = self.storage.read_tagged(self.key)
+            stored = LeaseRecord.from_bytes(data, self.key)
+            if stored.holder_id == self.holder_id:
+                self.storage.replace(self.key, replace(stored, released=True,
+                                                       expires_at=time.time()).to_bytes(), tag)
+        except (StorageError, ReplicaCorruptError):
+            pass
 
     def _new_record(self, epoch: int, generation: Optional[str], now: float) -> LeaseRecord:
         return LeaseRecord(self.holder_id, socket.gethostname(), os.getpid(), epoch, generation,

@@ -364,7 +364,8 @@ class Replicator:
                 self._guard(self.lease.check)
                 meta = upload_snapshot(self.storage, self.layout, generation, temp,
                                        epoch=self.lease.epoch, page_size=page_size,
-                                       parent=parent, created_at=pinned_at)
+                                       parent=parent, created_at=pinned_at,
+                                       before_meta=lambda: self._guard(self.lease.check))
             finally:
                 for suffix in ("", "-journal", "-wal", "-shm"):
                     if os.path.exists(temp + suffix):

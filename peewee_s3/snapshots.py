@@ -100,15 +100,19 @@ class _Hashing:
 def upload_snapshot(storage: Storage, layout: Layout, generation: str, path: str, *,
                     epoch: int, page_size: int, parent: Optional[dict],
                     created_at: Optional[float] = None,
-                    progress: Optional[Callable[[int], None]] = None) -> SnapshotMeta:
+                    progress: Optional[Callable[[int], None]] = None,
+                    before_meta: Optional[Callable[[], None]] = None) -> SnapshotMeta:
     """Stream the file at `path` up as the generation's snapshot, then write its meta last.
 
     `created_at` is the moment the copy was consistent (default: now): a point-in-time restore
-    at or after it may start from this generation."""
+    at or after it may start from this generation. `before_meta` runs between the two uploads
+    (the writer checks its lease there: a long upload may outlive it)."""
     with open(path, "rb") as f:
         hashing = _Hashing(f, progress)
         # The generation id is new and random: a plain upload, which a retry may repeat.
         storage.upload(layout.snapshot(generation), hashing)
+    if before_meta:
+        before_meta()
     meta = SnapshotMeta(generation, hashing.size, hashing.sha256.hexdigest(), page_size,
                         time.time() if created_at is None else created_at, epoch, parent)
     storage.create(layout.snapshot_meta(generation), meta.to_bytes())

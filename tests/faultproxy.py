@@ -63,13 +63,15 @@ class FaultProxy:
             self.rate, self.kinds, self.delay = rate, kinds, delay
 
     def fail_next(self, kind: str, n: int = 1, *, method: Optional[str] = None,
-                  path: Optional[str] = None) -> None:
+                  path: Optional[str] = None, delay: Optional[float] = None) -> None:
         """Inject `kind` into the next `n` requests that match: of `method` only, and whose
-        path contains `path` only, if given."""
+        path contains `path` only, if given. `delay` sets how long "slow" waits."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
         with self._lock:
             self._scripted.extend([(kind, method, path)] * n)
+            if delay is not None:
+                self.delay = delay
 
     def clear(self) -> None:
         """No more faults: every request is forwarded as it is."""

@@ -12,7 +12,7 @@ from peewee_s3 import restore
 from peewee_s3.errors import StorageError
 
 from .faultproxy import KINDS, FaultProxy
-from .helpers import NAME, Note, make_db, rows_in_file
+from .helpers import NAME, Note, bodies, make_db, rows_in_file
 
 CATCH_UP_TIMEOUT = 20.0
 WRITE_PAUSE = 0.002      # between async writes, so that the replicator ships many times
@@ -68,6 +68,7 @@ def write_async_under_faults(tmp_path, proxied, writes, min_faults, rate=0.1, de
         proxy.clear()
         db.shutdown()
     assert restored_bodies(tmp_path, direct) == sorted(expected)
+    return len(expected), dict(proxy.counts)
 
 
 def write_sync_under_faults(tmp_path, proxied, writes, min_faults, rate=0.1, delay=0.2):
@@ -93,13 +94,15 @@ def write_sync_under_faults(tmp_path, proxied, writes, min_faults, rate=0.1, del
     restored = restored_bodies(tmp_path, direct)
     assert set(acknowledged) <= set(restored)
     assert restored == sorted(acknowledged + refused)   # and once faults stop, everything ships
-    return acknowledged, refused
+    return acknowledged, refused, dict(proxy.counts)
 
 
+@pytest.mark.parametrize("proxied", ["moto"], indirect=True)   # both servers: the soak below
 def test_async_writes_go_on_under_faults_and_catch_up_after(tmp_path, proxied):
     write_async_under_faults(tmp_path, proxied, writes=300, min_faults=8)
 
 
+@pytest.mark.parametrize("proxied", ["seaweedfs"], indirect=True)
 def test_sync_writes_are_acknowledged_or_refused_and_none_acknowledged_is_lost(tmp_path,
                                                                                proxied):
     write_sync_under_faults(tmp_path, proxied, writes=30, min_faults=8)
@@ -107,14 +110,17 @@ def test_sync_writes_are_acknowledged_or_refused_and_none_acknowledged_is_lost(t
 
 @pytest.mark.slow
 def test_async_soak_thousands_of_writes_at_ten_percent_faults(tmp_path, proxied):
-    write_async_under_faults(tmp_path, proxied, writes=5000, min_faults=300, delay=0.5)
+    writes, counts = write_async_under_faults(tmp_path, proxied, writes=5000, min_faults=300,
+                                              delay=0.5)
+    print(f"async soak: {writes} writes, all restored (0 lost); proxy: {counts}")
 
 
 @pytest.mark.slow
 def test_sync_soak_a_thousand_writes_at_ten_percent_faults(tmp_path, proxied):
-    acknowledged, refused = write_sync_under_faults(tmp_path, proxied, writes=1000,
-                                                    min_faults=200, delay=0.5)
-    print(f"sync soak: {len(acknowledged)} acknowledged, {len(refused)} refused, 0 lost")
+    acknowledged, refused, counts = write_sync_under_faults(tmp_path, proxied, writes=1000,
+                                                            min_faults=200, delay=0.5)
+    print(f"sync soak: {len(acknowledged)} acknowledged, {len(refused)} refused, 0 lost; "
+          f"proxy: {counts}")
 
 
 # -- one fault at a precise place: a request the server carried out whose answer was lost ------
@@ -168,3 +174,56 @@ def test_a_snapshot_meta_whose_answer_was_lost_leaves_one_lineage(tmp_path, prox
     target = tmp_path / "at.db"
     restore(target=str(target), database_name=NAME, timestamp=after_two, **direct)
     assert rows_in_file(target) == ["one", "two"]
+
+
+@pytest.mark.parametrize("proxied", ["moto"], indirect=True)
+@pytest.mark.xfail(reason="open: when every PUT to lock.json fails, the failed connect cannot "
+                          "release the lease it may have stored (Lease._let_go_if_stored is "
+                          "refused too); the next writer waits for lock_ttl", strict=False)
+def test_a_failed_connect_whose_lease_was_stored_does_not_block_the_next(tmp_path, proxied):
+    """Taking the lease is stored but every answer is lost: connect fails, and must not leave a
+    live lease of its own that refuses the next connect for lock_ttl seconds."""
+    proxy, through_proxy, direct = proxied
+    proxy.fail_next("drop_response", method="PUT", path="lock.json")
+    proxy.fail_next("500", 100, method="PUT", path="lock.json")
+    with pytest.raises(StorageError):
+        make_db(tmp_path / "a.db", through_proxy).connect()
+    proxy.clear()
+    db = make_db(tmp_path / "a.db", through_proxy)
+    db.connect()                          # lock_wait=0: fails at once if the lease is held
+    db.shutdown()
+
+
+@pytest.mark.parametrize("proxied, attempts", [
+    ("moto", 3),
+    pytest.param("moto", 20, marks=pytest.mark.slow),
+    pytest.param("seaweedfs", 20, marks=pytest.mark.slow),
+], indirect=["proxied"])
+def test_connecting_under_faults_either_works_or_fails_cleanly(tmp_path, proxied, attempts):
+    """Each attempt restores and takes the lease, or raises StorageError leaving no local file
+    and no live lease behind: once the faults stop, the next attempt connects at once."""
+    proxy, through_proxy, direct = proxied
+    writer = make_db(tmp_path / "w.db", direct, sync_mode="sync")
+    writer.create_tables([Note])
+    for body in ("one", "two", "three"):
+        Note.create(body=body)
+    writer.shutdown()
+    outcomes = []
+    for attempt in range(attempts):
+        path = tmp_path / f"a{attempt}.db"
+        db = make_db(path, through_proxy)
+        proxy.set_faults(0.3, ["500", "drop", "drop_response"])
+        try:
+            db.connect()
+            outcomes.append("connected")
+        except StorageError:
+            outcomes.append("refused")
+            assert not path.exists(), "a failed connect left a local file"
+            db = make_db(path, through_proxy)
+        finally:
+            proxy.clear()
+        assert bodies(db) == ["one", "three", "two"]   # no fault now, and no lease in the way
+        db.shutdown()
+    assert proxy.faults_injected() > 0, outcomes
+    print(f"connect under 30% faults: {outcomes.count('connected')} connected, "
+          f"{outcomes.count('refused')} refused cleanly")
