@@ -51,7 +51,8 @@ def restored_ids(tmp_path, storage_kwargs):
         conn.close()
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", [*range(3), *(pytest.param(s, marks=pytest.mark.slow)
+                                               for s in range(3, 53))])
 def test_sync_mode_loses_no_acknowledged_row(tmp_path, s3_or_file_kwargs, seed):
     acknowledged = run_and_kill(tmp_path, s3_or_file_kwargs, "sync",
                                 random.Random(seed).uniform(0.3, 1.5))
