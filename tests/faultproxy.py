@@ -7,6 +7,7 @@ for a fraction `rate` of them, injects one fault instead, chosen from `kinds`:
     "slow"           wait `delay` seconds, then forward
     "drop"           close the connection before forwarding (the server never sees it)
     "drop_response"  forward, then close the connection without answering (the server did it)
+    "500_after"      forward, then answer 500 instead of the server's answer (it did it)
 
 Switch faults at run time with `set_faults(...)` and `clear()`, or script the next requests
 with `fail_next(kind, n)` (those come first); `counts` says what happened.
@@ -24,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterable, Optional
 from urllib.parse import urlsplit
 
-KINDS = ("500", "503", "slow", "drop", "drop_response")
+KINDS = ("500", "503", "slow", "drop", "drop_response", "500_after")
 _ERROR_CODES = {"500": "InternalError", "503": "SlowDown"}
 # Hop-by-hop headers, and those this proxy recomputes.
 _NOT_FORWARDED = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
@@ -131,6 +132,8 @@ def _handler_for(proxy: FaultProxy) -> type:
             status, reason, headers, data = self._forward(body)
             if fault == "drop_response":
                 return self._drop()
+            if fault == "500_after":
+                return self._answer_error(500)
             self.send_response_only(status, reason)
             for name, value in headers:
                 if name.lower() not in _NOT_FORWARDED:
