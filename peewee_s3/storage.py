@@ -100,6 +100,8 @@ def open_storage(
     for name, value in (storage_options or {}).items():  # the caller's options win, dicts merged
         options[name] = {**options[name], **value} if isinstance(options.get(name), dict) else value
     fs = fsspec.filesystem(protocols[0], **options)
+    if hasattr(fs, "retries"):
+        fs.retries = 1  # s3fs retries on top of botocore's (15 requests for one write): no
     root = fs._strip_protocol(storage).rstrip("/")
     where = _safe_url(storage) + (f" (endpoint {endpoint_url})" if endpoint_url else "")
     if "file" in protocols:
