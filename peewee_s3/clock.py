@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Optional
 
-from .wal import Commit, read_wal_index
+from .wal import read_wal_index
 
 
 class CommitClock:

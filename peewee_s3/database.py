@@ -15,7 +15,7 @@ from typing import Any, Optional
 from peewee import InterfaceError, SqliteDatabase
 
 from .config import Options, log_verbosely
-from .errors import ConfigurationError, LeaseLostError
+from .errors import ConfigurationError
 from .session import Session, open_session
 
 _OUR_PRAGMAS = {"journal_mode", "wal_autocheckpoint"}

@@ -146,6 +146,16 @@ def storage(storage_kwargs):
         opened.close()
 
 
+@pytest.fixture(params=["file", "moto", "seaweedfs"])
+def shared_kwargs(request, tmp_path, make_bucket, s3_kwargs):
+    """Storage that other processes reach: a directory, or an S3 server on loopback."""
+    if request.param == "file":
+        return {"storage": f"file://{tmp_path}/store"}
+    endpoint = request.getfixturevalue(
+        "moto_endpoint" if request.param == "moto" else "seaweed_endpoint")
+    return s3_kwargs(endpoint, make_bucket(endpoint))
+
+
 @pytest.fixture
 def s3_kwargs():
     """s3_kwargs(endpoint, bucket) -> the keyword arguments a user passes for that bucket."""

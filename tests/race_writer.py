@@ -28,8 +28,6 @@ TABLE = "row"
 
 
 def main() -> None:
-    import peewee
-
     from peewee_s3 import S3SqliteDatabase
     from peewee_s3.errors import LeaseHeldError
 

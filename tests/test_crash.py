@@ -15,16 +15,6 @@ from peewee_s3 import restore
 WRITER = os.path.join(os.path.dirname(__file__), "crash_writer.py")
 
 
-@pytest.fixture(params=["file", "moto", "seaweedfs"])
-def s3_or_file_kwargs(request, tmp_path, make_bucket, s3_kwargs):
-    """Storage another process can reach: a directory, or an S3 server on loopback."""
-    if request.param == "file":
-        return {"storage": f"file://{tmp_path}/store"}
-    endpoint = request.getfixturevalue(
-        "moto_endpoint" if request.param == "moto" else "seaweed_endpoint")
-    return s3_kwargs(endpoint, make_bucket(endpoint))
-
-
 def run_and_kill(tmp_path, storage_kwargs, mode, after_seconds):
     proc = subprocess.Popen([sys.executable, WRITER, str(tmp_path / "w.db"), mode,
                              json.dumps(storage_kwargs)], stdout=subprocess.PIPE, text=True)
@@ -53,17 +43,17 @@ def restored_ids(tmp_path, storage_kwargs):
 
 @pytest.mark.parametrize("seed", [*range(3), *(pytest.param(s, marks=pytest.mark.slow)
                                                for s in range(3, 53))])
-def test_sync_mode_loses_no_acknowledged_row(tmp_path, s3_or_file_kwargs, seed):
-    acknowledged = run_and_kill(tmp_path, s3_or_file_kwargs, "sync",
+def test_sync_mode_loses_no_acknowledged_row(tmp_path, shared_kwargs, seed):
+    acknowledged = run_and_kill(tmp_path, shared_kwargs, "sync",
                                 random.Random(seed).uniform(0.3, 1.5))
-    ids = restored_ids(tmp_path, s3_or_file_kwargs)
+    ids = restored_ids(tmp_path, shared_kwargs)
     assert len(acknowledged) > 5
     assert set(acknowledged) <= set(ids)
     assert ids == list(range(1, len(ids) + 1))      # a committed prefix, nothing torn
 
 
-def test_async_mode_restores_a_committed_prefix(tmp_path, s3_or_file_kwargs):
-    acknowledged = run_and_kill(tmp_path, s3_or_file_kwargs, "async", 1.0)
-    ids = restored_ids(tmp_path, s3_or_file_kwargs)
+def test_async_mode_restores_a_committed_prefix(tmp_path, shared_kwargs):
+    acknowledged = run_and_kill(tmp_path, shared_kwargs, "async", 1.0)
+    ids = restored_ids(tmp_path, shared_kwargs)
     assert ids == list(range(1, len(ids) + 1))
     assert len(ids) <= len(acknowledged) + 1

@@ -18,16 +18,6 @@ from .helpers import NAME, Note, bodies, make_db, rows_in_file
 from .race_writer import TABLE, Writer
 
 
-@pytest.fixture(params=["file", "moto", "seaweedfs"])
-def shared_kwargs(request, tmp_path, make_bucket, s3_kwargs):
-    """Storage that another process reaches: a directory, or an S3 server on loopback."""
-    if request.param == "file":
-        return {"storage": f"file://{tmp_path}/store"}
-    endpoint = request.getfixturevalue(
-        "moto_endpoint" if request.param == "moto" else "seaweed_endpoint")
-    return s3_kwargs(endpoint, make_bucket(endpoint))
-
-
 def assert_one_lineage(storage_kwargs, name=NAME):
     """Every complete generation stored lies on the parent chain of the current one."""
     layout = Layout(name)

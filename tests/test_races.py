@@ -37,16 +37,6 @@ TTL = 3.0
 START_MARGIN = 0.3  # seconds between sending `connect AT` and AT: all racers start together
 
 
-@pytest.fixture(params=["file", "moto", "seaweedfs"])
-def shared_kwargs(request, tmp_path, make_bucket, s3_kwargs):
-    """Storage that other processes reach: a directory, or an S3 server on loopback."""
-    if request.param == "file":
-        return {"storage": f"file://{tmp_path}/store"}
-    endpoint = request.getfixturevalue(
-        "moto_endpoint" if request.param == "moto" else "seaweed_endpoint")
-    return s3_kwargs(endpoint, make_bucket(endpoint))
-
-
 def restored_rows(tmp_path, storage_kwargs, name=NAME):
     import sqlite3
 

@@ -7,7 +7,7 @@ from peewee_s3 import restore
 from peewee_s3.errors import LocalStateError, NothingToRestoreError, ReplicaCorruptError
 from peewee_s3.storage import open_storage
 
-from .helpers import NAME, Note, make_db, rows_in_file, stored_keys
+from .helpers import NAME, Note, make_db, rows_in_file
 
 
 @pytest.fixture
