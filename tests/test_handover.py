@@ -144,7 +144,7 @@ def test_a_rolling_deploy_gives_up_after_lock_wait(tmp_path, shared_kwargs):
     started = time.monotonic()
     with pytest.raises(LeaseHeldError, match="lock_wait"):
         b.connect()
-    assert 1.5 <= time.monotonic() - started < 5
+    assert time.monotonic() - started >= 1.5      # it did wait for the lease before giving up
     assert not (tmp_path / "b.db").exists()
     a.shutdown()
     b.connect()                                   # the lease is free now: no wait
