@@ -31,7 +31,8 @@ from .errors import (ConfigurationError, LeaseHeldError, LocalStateError, Nothin
                      ReplicaCorruptError)
 from .layout import Layout, new_generation_id
 from .lease import Lease, LeaseRecord, read_lease
-from .restore import (RestoredState, current_generation, move_aside, parse_time, restore_to,
+from .restore import (RestoredState, current_generation, move_aside, parse_time,
+                      remove_database_files, restore_to,
                       segment_seqs)
 from .retention import (ABANDONED_AFTER, KEEP_GENERATIONS, MAX_AGE, StoredGeneration, prune,
                         stored_generations)
@@ -384,14 +385,14 @@ def cmd_restore(args: argparse.Namespace, db: StoredDatabase) -> int:
     at = parse_time(args.timestamp) if args.timestamp else None
     _check_generation(db, args.generation)
     staging = out + ".restoring"
-    _remove_files(staging)
+    remove_database_files(staging)
     state = restore_to(_ShowingDownloads(db.storage, db.layout), db.layout,
                        staging, at=at, generation=args.generation)
     try:
         aside = move_aside(out) if os.path.exists(out) else None
         os.rename(staging, out)
     except BaseException:
-        _remove_files(staging)
+        remove_database_files(staging)
         raise
     _fsync_directory(out)
     print(f"restored {db.describe()} to {out}: {_describe_state(state)}")
@@ -412,12 +413,6 @@ def _describe_state(state: RestoredState) -> str:
     through = f"segments 1-{state.seq}" if state.seq else "no segment"
     return (f"generation {state.generation}, snapshot and {through} "
             f"({_count(state.commits, 'commit')}{last})")
-
-
-def _remove_files(path: str) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        if os.path.exists(path + suffix):
-            os.unlink(path + suffix)
 
 
 def _fsync_directory(path: str) -> None:

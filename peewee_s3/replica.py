@@ -45,7 +45,7 @@ from .config import STORAGE_OPTIONS, Options, log_verbosely
 from .errors import ConfigurationError, ObjectNotFoundError, PeeweeS3Error, ReplicaCorruptError
 from .layout import Layout
 from .lease import read_lease
-from .restore import restore_to
+from .restore import remove_database_files, restore_to
 from .segments import CommitRecord, Segment
 from .sidecar import SUFFIX as SIDECAR_SUFFIX
 from .snapshots import read_meta
@@ -90,9 +90,7 @@ class LocalCopy:
 
     def place(self, restored: str) -> None:
         """Put a restored file where the local copy goes, before any reader has opened it."""
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path + suffix)
+        remove_database_files(self.path)
         os.rename(restored, self.path)
         self._file = open(self.path, "r+b", buffering=0)
         header = os.pread(self._file.fileno(), 100, 0)
@@ -318,7 +316,7 @@ class Follower:
         try:
             self.copy.install(restored)
         finally:
-            _remove_database_files(restored)
+            remove_database_files(restored)
         self._fetched = []
         self._moved_to(generation, seq, last_time)
 
@@ -331,7 +329,7 @@ class Follower:
             if last_time is None:
                 last_time = read_meta(self.storage, self.layout, state.generation).created_at
         except BaseException:
-            _remove_database_files(temp)
+            remove_database_files(temp)
             raise
         return temp, state.generation, state.seq, last_time
 
@@ -527,8 +525,3 @@ def _page_size(header: bytes) -> int:
     size = struct.unpack_from(">H", header, 16)[0]
     return 65536 if size == 1 else size
 
-
-def _remove_database_files(path: str) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path + suffix)

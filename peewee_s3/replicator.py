@@ -21,6 +21,7 @@ from .config import Options
 from .errors import LeaseLostError, PeeweeS3Error
 from .layout import Layout, new_generation_id
 from .lease import Lease
+from .restore import remove_database_files
 from .retention import prune
 from .segments import CommitRecord, Segment
 from .sidecar import Sidecar, write_sidecar
@@ -367,9 +368,7 @@ class Replicator:
                                        parent=parent, created_at=pinned_at,
                                        before_meta=lambda: self._guard(self.lease.check))
             finally:
-                for suffix in ("", "-journal", "-wal", "-shm"):
-                    if os.path.exists(temp + suffix):
-                        os.unlink(temp + suffix)
+                remove_database_files(temp)
             self.renew(generation)
             s = self.shipped
             s.generation, s.seq, s.last_snapshot = generation, 0, meta.created_at

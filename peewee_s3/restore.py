@@ -162,13 +162,13 @@ def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[fl
         os.rename(temp, target)
         _fsync_dir(directory)
     except LocalWriteError as error:
-        _remove_database_files(temp)
+        remove_database_files(temp)
         raise LocalWriteError(
             f"could not write the restored copy of {target}: {error.__cause__ or error}. "
             f"Nothing was changed; free space in {directory} (or choose another target) and "
             "restore again") from error
     except BaseException:
-        _remove_database_files(temp)
+        remove_database_files(temp)
         raise
     log.info("restored %s generation %s through segment %d (%d commits) to %s",
              layout.base, meta.generation, seq, commits, target)
@@ -237,7 +237,8 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _remove_database_files(path: str) -> None:
+def remove_database_files(path: str) -> None:
+    """Delete a database file and its -wal, -shm and -journal, whichever exist."""
     for suffix in ("", "-wal", "-shm", "-journal"):
         try:
             os.unlink(path + suffix)
@@ -299,7 +300,7 @@ def restore(*, storage: Any, database_name: str, target: str, timestamp: Any = N
     try:
         layout = Layout(opts.base_key)
         staging = target + ".restoring"
-        _remove_database_files(staging)
+        remove_database_files(staging)
         state = restore_to(store, layout, staging, at=at, generation=generation)
         if os.path.exists(target):
             log.warning("moved %s aside to %s", target, move_aside(target))
