@@ -2,6 +2,7 @@
 import datetime as dt
 import fcntl
 import json
+import logging
 import os
 import pty
 import select
@@ -276,6 +277,23 @@ def test_help_describes_every_command(capsys):
         text = " ".join(capsys.readouterr().out.split())
         for word in [*words, "--storage", "--database-name", "--endpoint-url"]:
             assert word in text, (command, word)
+
+
+def test_in_a_program_the_librarys_logs_reach_its_handlers_and_are_not_printed_again(
+        tmp_path, caplog, capsys):
+    storage = f"file://{tmp_path}/store"
+    db = make_db(tmp_path / "a.db", {"storage": storage})
+    db.create_tables([Note])
+    db.shutdown()
+    caplog.set_level(logging.INFO, logger="peewee_s3")
+    caplog.clear()
+
+    assert main(["restore", "-o", str(tmp_path / "r.db"), "--storage", storage,
+                 "--database-name", NAME]) == 0
+    assert any(r.name == "peewee_s3" and r.getMessage().startswith("restored ")
+               for r in caplog.records)
+    assert "peewee-s3: INFO" not in capsys.readouterr().err
+    assert logging.getLogger("peewee_s3").propagate
 
 
 def test_a_download_shows_a_progress_bar_on_a_terminal(tmp_path):

@@ -1,0 +1,46 @@
+"""cli: the `peewee-s3` command — restore, inspect, verify, snapshot, release and prune.
+
+It builds the library's `Options` from flags and PEEWEE_S3_* variables and calls restore,
+retention, lease and snapshots: no replication logic lives here. Expected errors print one line
+on stderr and exit 1; no secret is ever printed. Progress bars appear on a terminal only.
+"""
+from __future__ import annotations
+
+import sqlite3
+import sys
+import traceback
+from typing import Optional, Sequence
+
+from ..errors import PeeweeS3Error
+from .logs import library_logs
+from .options import build_options, open_database, secret_values
+from .output import redact, say_error
+from .parser import build_parser
+from .snapshot import cmd_snapshot, explain_snapshot
+
+__all__ = ["build_parser", "main"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; returns the exit status (0 done, 1 failed, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    hidden = secret_values(args)
+    if args.run is cmd_snapshot and not args.local:
+        return explain_snapshot()
+    with library_logs(args.verbose):
+        try:
+            with open_database(build_options(args)) as db:
+                return args.run(args, db)
+        except KeyboardInterrupt:
+            say_error("interrupted", hidden)
+            return 130
+        except (PeeweeS3Error, OSError, sqlite3.Error) as exc:
+            say_error(str(exc) or type(exc).__name__, hidden)
+            return 1
+        except Exception as exc:  # a bug: say so in one line; --verbose shows where
+            if args.verbose:
+                print(redact(traceback.format_exc(), hidden), file=sys.stderr, end="")
+            say_error(f"unexpected {type(exc).__name__}: {exc} (this is a bug in peewee-s3"
+                      f"{'' if args.verbose else '; run with --verbose for the traceback'})",
+                      hidden)
+            return 1

@@ -1,0 +1,72 @@
+"""cli.generations: `peewee-s3 generations`, one row per stored generation.
+
+Also what other commands read about generations: the current one and a segment's commit
+times. It only reads the storage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Optional
+
+from ..errors import NothingToRestoreError, ObjectNotFoundError, ReplicaCorruptError
+from ..restore import current_generation
+from ..retention import StoredGeneration, stored_generations
+from ..segments import Segment
+from .options import StoredDatabase
+from .output import byte_size, print_table, when
+
+
+def cmd_generations(args: argparse.Namespace, db: StoredDatabase) -> int:
+    stored = stored_generations(db.storage, db.layout)
+    if not stored:
+        raise NothingToRestoreError(f"{db.describe()} holds no generation: check --storage, "
+                                    "--key-prefix and --database-name")
+    current = current_id(db)
+    rows = [_generation_row(db, g, current) for g in stored]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print_table(["GENERATION", "CREATED", "SNAPSHOT", "SEGMENTS", "FIRST COMMIT",
+                 "LAST COMMIT", "COMPLETE", "CURRENT"],
+                [[r["generation"], when(r["created_at"]),
+                  byte_size(r["snapshot_size"]) if r["snapshot_size"] is not None else "-",
+                  str(r["segments"]) + (" (gap)" if r["gap"] else ""),
+                  when(r["first_commit"]), when(r["last_commit"]),
+                  "yes" if r["complete"] else ("META UNREADABLE" if r["problem"] else "no"),
+                  "*" if r["current"] else ""] for r in rows])
+    return 0
+
+
+def _generation_row(db: StoredDatabase, generation: StoredGeneration, current: Optional[str]
+                    ) -> dict:
+    seqs = generation.segment_seqs
+    first = last = None
+    problem = generation.problem
+    if seqs:
+        try:
+            first = read_segment(db, generation.id, seqs[0]).first_time
+            last = read_segment(db, generation.id, seqs[-1]).last_time
+        except (ReplicaCorruptError, ObjectNotFoundError) as exc:
+            problem = str(exc)
+    snapshot_key = db.layout.snapshot(generation.id)
+    snapshot_size = (generation.meta.size if generation.meta else
+                     next((o.size for o in generation.objects if o.key == snapshot_key), None))
+    return {"generation": generation.id, "created_at": generation.created_at,
+            "snapshot_size": snapshot_size, "segments": len(seqs),
+            "gap": seqs != list(range(1, len(seqs) + 1)), "first_commit": first,
+            "last_commit": last, "complete": generation.complete,
+            "current": generation.id == current, "size": generation.size, "problem": problem}
+
+
+def read_segment(db: StoredDatabase, generation: str, seq: int) -> Segment:
+    key = db.layout.segment(generation, seq)
+    return Segment.decode(db.storage.read(key), key)
+
+
+def current_id(db: StoredDatabase) -> Optional[str]:
+    """The generation a restore of the latest state reads, or None if nothing is complete."""
+    try:
+        return current_generation(db.storage, db.layout).generation
+    except (NothingToRestoreError, ObjectNotFoundError, ReplicaCorruptError):
+        return None  # `generations` shows what is wrong
