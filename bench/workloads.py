@@ -459,9 +459,9 @@ def p7_trickle(bench: Bench, systems: list) -> list:
     Bytes per hour = (bytes uploaded during the trickle) / its duration × 3600 + (full
     snapshots its policy takes per hour) × (bytes of one, measured). A short run sees no
     periodic snapshot, so those come from the policy: peewee-s3 one per `snapshot_interval`
-    (its default) while there are writes, or sooner once segments outweigh a share of the
-    snapshot; Litestream one per day (its level-9 interval); the seed's way uploads the
-    whole file within the run itself.
+    (its default) while there are writes, or sooner once what a restore reads after the
+    snapshot outweighs a share of it; Litestream one per day (its level-9 interval); the
+    seed's way uploads the whole file within the run itself.
     """
     s = bench.settings
     results = []
@@ -475,9 +475,11 @@ def p7_trickle(bench: Bench, systems: list) -> list:
             seconds = paced(s.trickle_rate, int(s.trickle_rate * s.trickle_seconds), insert_one)
             system.settle()
             trickle = bench.proxy.reset()
-            snapshot_bytes, per_hour = _snapshot_policy(bench, system, startup,
-                                                        trickle.uploaded / seconds)
-        shipped = trickle.uploaded / seconds * 3600
+            # peewee-s3 also stores a merged copy of every 256 segments (none in a run this
+            # short): counted as uploaded, and as what a restore reads after the snapshot.
+            merged = _restore_reads(bench, system) / seconds if name == "s3-async" else 0.0
+            snapshot_bytes, per_hour = _snapshot_policy(bench, system, startup, merged)
+        shipped = (trickle.uploaded / seconds + merged) * 3600
         snapshots = snapshot_bytes * per_hour
         total = shipped + snapshots
         bench.log(f"P7 {name}: {trickle.uploaded:,} B in {seconds:.1f} s -> {shipped / GiB:.3f} "
@@ -488,11 +490,11 @@ def p7_trickle(bench: Bench, systems: list) -> list:
 
 
 def _snapshot_policy(bench: Bench, system: System, startup: Traffic,
-                     shipped_per_second: float) -> tuple:
+                     merged_per_second: float) -> tuple:
     """(bytes of one full snapshot, snapshots per hour) under the system's default policy."""
     if system.name == "s3-async":
         return startup.uploaded, 3600 / _peewee_s3_snapshot_every(startup.uploaded,
-                                                                   shipped_per_second)
+                                                                   merged_per_second)
     if system.name == "litestream":
         client = s3_client(bench.server.endpoint)
         listing = client.list_objects_v2(Bucket=system.target.bucket, Prefix=system.L9)
@@ -500,17 +502,38 @@ def _snapshot_policy(bench: Bench, system: System, startup: Traffic,
     return 0, 0.0
 
 
-def _peewee_s3_snapshot_every(snapshot_bytes: int, shipped_per_second: float) -> float:
+def _restore_reads(bench: Bench, system: System) -> int:
+    """Bytes a restore would read after peewee-s3's snapshot: the stored segments of the
+    generation, merged as the writer merges every MERGE_SEGMENTS of them. Read from the server;
+    a run this short merges fewer segments per object than the writer will, so this is an
+    upper bound."""
+    from peewee_s3.merging import Merger
+    from peewee_s3.segments import Segment
+
+    client = s3_client(bench.server.endpoint)
+    listing = client.list_objects_v2(Bucket=system.target.bucket, Prefix=f"{PREFIX}/")
+    keys = sorted(o["Key"] for o in listing.get("Contents", []) if "/wal/" in o["Key"])
+    merger = Merger()
+    for key in keys:
+        data = client.get_object(Bucket=system.target.bucket, Key=key)["Body"].read()
+        merger.add(Segment.decode(data, key), len(data))
+    if len(keys) < 2:
+        return merger.stored_bytes
+    return len(merger.take().encode())
+
+
+def _peewee_s3_snapshot_every(snapshot_bytes: int, reads_per_second: float) -> float:
     """Seconds between peewee-s3's snapshots under its defaults: `snapshot_interval`, or
-    sooner once the segments since the last snapshot outweigh SEGMENTS_SHARE_OF_SNAPSHOT of
-    it (if this version of the library has that rule)."""
+    sooner once what a restore reads after the snapshot outweighs SEGMENTS_SHARE_OF_SNAPSHOT
+    of it (and SEGMENTS_MIN_BYTES_FOR_SNAPSHOT)."""
     from peewee_s3 import replicator
     from peewee_s3.config import Options
 
     every = Options.__dataclass_fields__["snapshot_interval"].default
-    share = getattr(replicator, "SEGMENTS_SHARE_OF_SNAPSHOT", None)
-    if share and shipped_per_second > 0:
-        every = min(every, share * snapshot_bytes / shipped_per_second)
+    if reads_per_second > 0:
+        threshold = max(replicator.SEGMENTS_SHARE_OF_SNAPSHOT * snapshot_bytes,
+                        replicator.SEGMENTS_MIN_BYTES_FOR_SNAPSHOT)
+        every = min(every, threshold / reads_per_second)
     return every
 
 

@@ -37,7 +37,7 @@ class Options:
     storage_options: Optional[Mapping[str, Any]] = field(default=None, repr=False)
     sync_mode: str = "async"
     sync_interval: float = 1.0
-    snapshot_interval: float = 300.0
+    snapshot_interval: float = 7 * 86400.0  # at the latest: see replicator.SEGMENTS_SHARE_*
     lock_ttl: float = 60.0
     lock_wait: float = 0.0
     force_lock: bool = False

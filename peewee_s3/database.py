@@ -167,6 +167,7 @@ class S3SqliteDatabase(SqliteDatabase):
             "pending_bytes": r.pending_bytes(),
             "bytes_uploaded": s.bytes_uploaded,
             "segments_uploaded": s.segments_uploaded,
+            "merged_segments_uploaded": s.merged_uploaded,
             "commits_uploaded": s.commits_uploaded,
             "lease": {"holder": lease.record.describe() if lease.record else None,
                       "epoch": lease.epoch,

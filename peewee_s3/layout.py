@@ -4,6 +4,7 @@
     [key_prefix/]<database_name>/generations/<generation>/snapshot.db
     [key_prefix/]<database_name>/generations/<generation>/snapshot.meta.json
     [key_prefix/]<database_name>/generations/<generation>/wal/<seq:010d>.seg
+    [key_prefix/]<database_name>/generations/<generation>/merged/<first:010d>-<last:010d>.seg
 
 Only names: this module reads and writes nothing. See docs/FORMAT.md.
 """
@@ -16,6 +17,7 @@ import time
 SEGMENT_SUFFIX = ".seg"
 _GENERATION = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{8}$")
 _SEGMENT = re.compile(r"^(\d{10})\.seg$")
+_MERGED = re.compile(r"^(\d{10})-(\d{10})\.seg$")
 
 
 def new_generation_id(now: float | None = None) -> str:
@@ -59,6 +61,12 @@ class Layout:
     def segment(self, generation: str, seq: int) -> str:
         return f"{self.segments(generation)}{seq:010d}{SEGMENT_SUFFIX}"
 
+    def merged_segments(self, generation: str) -> str:
+        return f"{self.generation(generation)}merged/"
+
+    def merged_segment(self, generation: str, first: int, last: int) -> str:
+        return f"{self.merged_segments(generation)}{first:010d}-{last:010d}{SEGMENT_SUFFIX}"
+
     def generation_of(self, key: str) -> str | None:
         """The generation id a key belongs to, or None if it is not under generations/."""
         if not key.startswith(self.generations):
@@ -71,3 +79,9 @@ class Layout:
         """The sequence number of a segment key, or None if the key is not a segment."""
         match = _SEGMENT.match(key.rsplit("/", 1)[-1])
         return int(match.group(1)) if match else None
+
+    @staticmethod
+    def merged_range(key: str) -> tuple[int, int] | None:
+        """(first, last) segment a merged segment key covers, or None if it is not one."""
+        match = _MERGED.match(key.rsplit("/", 1)[-1])
+        return (int(match.group(1)), int(match.group(2))) if match else None

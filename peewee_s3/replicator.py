@@ -18,10 +18,11 @@ from typing import Callable, Optional
 
 from .clock import CommitClock
 from .config import Options
-from .errors import LeaseLostError, PeeweeS3Error
+from .errors import LeaseLostError, PeeweeS3Error, StorageError
 from .layout import Layout, new_generation_id
 from .lease import Lease
 from .restore import remove_database_files
+from .merging import Merger
 from .retention import prune
 from .segments import CommitRecord, Segment
 from .sidecar import Sidecar, write_sidecar
@@ -31,10 +32,12 @@ from .wal import WalPosition, WalRead, read_commits, wal_path
 
 log = logging.getLogger("peewee_s3")
 
-# A new generation also starts once the segments since the snapshot outweigh this share of it
-# (and this many bytes, so that a small database is not snapshotted over and over), so that a
-# restore never reads much more than the database itself.
-SEGMENTS_SHARE_OF_SNAPSHOT = 0.5
+# A new generation starts once what a restore reads after the snapshot (merged segments and the
+# segments since the last of them) outweighs this share of the snapshot, and this many bytes so
+# that a small database is not snapshotted over and over; or at `snapshot_interval` at the
+# latest. Snapshots then never upload more than the segments did, and a restore reads at most
+# about twice the database.
+SEGMENTS_SHARE_OF_SNAPSHOT = 1.0
 SEGMENTS_MIN_BYTES_FOR_SNAPSHOT = 4 << 20
 
 
@@ -50,8 +53,9 @@ class Shipped:
     last_snapshot: Optional[float] = None
     bytes_uploaded: int = 0
     segments_uploaded: int = 0
+    merged_uploaded: int = 0
     snapshot_size: int = 0
-    generation_bytes: int = 0
+    generation_bytes: int = 0  # what a latest restore reads after the snapshot
     commits_uploaded: int = 0
 
 
@@ -91,6 +95,7 @@ class Replicator:
         self.layout = Layout(options.base_key)
         self.shipped = Shipped()
         self.tickets = Tickets()
+        self.merger = Merger()
         self.clock = CommitClock(path)
         self.fenced: Optional[LeaseLostError] = None
         self.last_error: Optional[Exception] = None
@@ -192,6 +197,8 @@ class Replicator:
             self.start_generation()
         elif changed:
             self.ship()
+        if self.merger.due:
+            self._store_merged()
 
     def _wal_changed(self) -> bool:
         """Whether the WAL file changed since we last looked (catches raw sqlite3 writes)."""
@@ -294,8 +301,30 @@ class Replicator:
         s.generation_bytes += len(data)
         s.segments_uploaded += 1
         s.commits_uploaded += len(read.commits)
+        self.merger.add(segment, len(data))
         self.write_sidecar()
         log.info("shipped %d commits of %s as %s (%d bytes)", len(read.commits),
+                 self.layout.base, key, len(data))
+
+    def _store_merged(self) -> None:
+        """Store one merged segment for the segments gathered since the last (merging.py).
+        It only spares restores requests, so failing to store it loses nothing."""
+        replaced = self.merger.stored_bytes
+        merged = self.merger.take()
+        key = self.layout.merged_segment(merged.generation, merged.first_seq, merged.seq)
+        data = merged.encode()
+        self._guard(self.lease.check)
+        try:
+            self.storage.create(key, data)
+        except StorageError as exc:
+            log.warning("could not store %s; restores will read its %d segments instead: %s",
+                        key, merged.seq - merged.first_seq + 1, exc)
+            return
+        s = self.shipped
+        s.bytes_uploaded += len(data)
+        s.merged_uploaded += 1
+        s.generation_bytes += len(data) - replaced
+        log.info("merged segments %d-%d of %s as %s (%d bytes)", merged.first_seq, merged.seq,
                  self.layout.base, key, len(data))
 
     def wait_durable(self, ticket: int) -> None:
@@ -376,6 +405,7 @@ class Replicator:
             s.cycle = read.header.checkpoint_seq if read.header else s.cycle
             s.bytes_uploaded += meta.size
             s.snapshot_size, s.generation_bytes = meta.size, 0
+            self.merger.reset()
             self._safe_restart = None
             self._unsent = None
             self._prune_due = True
@@ -410,6 +440,7 @@ class Replicator:
         """Carry on in a stored generation whose end is this file's state (WAL emptied)."""
         s = self.shipped
         s.generation, s.seq, s.last_snapshot = generation, seq, created_at
+        self.merger.reset()
         self.write_sidecar()
 
     def pending_bytes(self) -> int:

@@ -21,7 +21,7 @@ from .errors import (ConfigurationError, LocalStateError, LocalWriteError, Nothi
                      ObjectNotFoundError, ReplicaCorruptError)
 from .layout import Layout
 from .lease import read_lease
-from .segments import Segment
+from .segments import PageWriter, Segment
 from .sidecar import SUFFIX as SIDECAR_SUFFIX
 from .snapshots import SnapshotMeta, download_snapshot, read_meta
 from .storage import Storage
@@ -29,7 +29,7 @@ from .storage import Storage
 log = logging.getLogger("peewee_s3")
 
 SEGMENTS_IN_FLIGHT = 16
-BYTES_IN_FLIGHT = 32 << 20
+BYTES_IN_FLIGHT = 8 << 20  # stored (compressed) bytes: decoded pages can be several times more
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,10 @@ def _end_of(generation: str, metas: list) -> Optional[int]:
 
 
 def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[float] = None,
-               generation: Optional[str] = None, until_seq: Optional[int] = None
-               ) -> RestoredState:
-    """Rebuild the database into `target`, which must not exist; see the module docstring."""
+               generation: Optional[str] = None, until_seq: Optional[int] = None,
+               merged: Optional[bool] = None) -> RestoredState:
+    """Rebuild the database into `target`, which must not exist; see the module docstring.
+    `merged`: read merged segments where there are some (default: unless restoring to `at`)."""
     if generation is not None:
         try:
             meta = read_meta(storage, layout, generation)
@@ -153,9 +154,11 @@ def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[fl
     directory = os.path.dirname(os.path.abspath(target))
     fd, temp = tempfile.mkstemp(prefix=".restore-", suffix=".db", dir=directory)
     try:
-        with os.fdopen(fd, "r+b") as f:
+        with os.fdopen(fd, "r+b") as f, _SegmentReader(
+                storage, layout, meta, until_seq,
+                merged=at is None if merged is None else merged) as segments:
             download_snapshot(storage, layout, meta, f)
-            seq, commits, last_time = _apply_segments(storage, layout, meta, f, at, until_seq)
+            seq, commits, last_time = _apply_segments(segments, f, meta.page_size, at)
             f.flush()
             os.fsync(f.fileno())
         _check_integrity(temp, meta.generation)
@@ -175,43 +178,106 @@ def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[fl
     return RestoredState(meta.generation, seq, commits, last_time, target)
 
 
-def _fetched(storage: Storage, keys: list) -> Iterator:
-    """(key, bytes) of each (key, size) in order, with reads running ahead — up to
-    SEGMENTS_IN_FLIGHT of them and BYTES_IN_FLIGHT bytes (memory stays flat): thousands of
-    small GETs one after another would be most of a restore's time."""
-    with ThreadPoolExecutor(SEGMENTS_IN_FLIGHT, thread_name_prefix="peewee-s3-restore") as pool:
-        pending: deque = deque()
-        in_flight = 0
-        for key, size in keys:
-            while pending and (len(pending) >= SEGMENTS_IN_FLIGHT
-                               or in_flight + size > BYTES_IN_FLIGHT):
-                done_key, done_size, future = pending.popleft()
-                in_flight -= done_size
-                yield done_key, future.result()
-            pending.append((key, size, pool.submit(storage.read, key)))
-            in_flight += size
-        while pending:
-            done_key, _, future = pending.popleft()
-            yield done_key, future.result()
+def read_plan(storage: Storage, layout: Layout, generation: str, until_seq: Optional[int],
+              merged: bool = True) -> list:
+    """The objects that rebuild a generation through `until_seq` (or its last segment), in
+    order: (first seq, last seq, key, size) of merged segments where they cover the way,
+    of single segments elsewhere. The segments' chain is checked whole either way."""
+    sizes = {seq: size for seq, size in segment_sizes(storage, layout, generation)
+             if until_seq is None or seq <= until_seq}
+    end = max(sizes, default=0)
+    longest: dict = {}
+    for info in storage.list(layout.merged_segments(generation)) if merged else ():
+        span = layout.merged_range(info.key)
+        if span and span[0] >= 1 and span[0] < span[1] <= end \
+                and span[1] > longest.get(span[0], (0,))[0]:
+            longest[span[0]] = (span[1], info.key, info.size)
+    plan, seq = [], 1
+    while seq <= end:
+        last, key, size = longest.get(seq) or (seq, layout.segment(generation, seq), sizes[seq])
+        plan.append((seq, last, key, size))
+        seq = last + 1
+    return plan
 
 
-def _apply_segments(storage: Storage, layout: Layout, meta: SnapshotMeta, f, at, until_seq):
+class _SegmentReader:
+    """A generation's segments in order, read and decoded ahead in worker threads from the
+    moment it is made, so that they arrive while the snapshot downloads: thousands of small
+    GETs one after another would be most of a restore's time. At most SEGMENTS_IN_FLIGHT
+    segments and BYTES_IN_FLIGHT stored bytes are ahead at once, so memory stays flat.
+    A latest-state restore reads merged segments where there are some (merging.py); one to a
+    point in time reads single segments, whose commits it can stop between."""
+
+    def __init__(self, storage: Storage, layout: Layout, meta: SnapshotMeta,
+                 until_seq: Optional[int], merged: bool) -> None:
+        self._storage, self._layout, self._generation = storage, layout, meta.generation
+        self._todo: deque = deque()
+        self._ahead: deque = deque()
+        self._bytes_ahead = 0
+        self._pool = ThreadPoolExecutor(SEGMENTS_IN_FLIGHT, thread_name_prefix="peewee-s3-restore")
+        # Listing the segments is the first step in the background too; the queues are the
+        # pool's until __iter__ has waited for it.
+        self._started = self._pool.submit(self._start, until_seq, merged)
+
+    def _start(self, until_seq: Optional[int], merged: bool) -> None:
+        self._todo.extend(read_plan(self._storage, self._layout, self._generation, until_seq,
+                                    merged))
+        self._read_ahead()
+
+    def __enter__(self) -> "_SegmentReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __iter__(self) -> Iterator[Segment]:
+        self._started.result()
+        while self._ahead:
+            size, future = self._ahead.popleft()
+            self._bytes_ahead -= size
+            self._read_ahead()
+            yield from future.result()
+
+    def _read_ahead(self) -> None:
+        while self._todo and len(self._ahead) < SEGMENTS_IN_FLIGHT and (
+                not self._ahead or self._bytes_ahead + self._todo[0][3] <= BYTES_IN_FLIGHT):
+            first, last, key, size = self._todo.popleft()
+            self._ahead.append((size, self._pool.submit(self._read, first, last, key)))
+            self._bytes_ahead += size
+
+    def _read(self, first: int, last: int, key: str) -> list:
+        if first == last:
+            return [self._decode(key, None, last)]
+        try:
+            return [self._decode(key, first, last)]
+        except ReplicaCorruptError as exc:
+            log.warning("%s; reading its segments one by one instead", exc)
+            return [self._decode(self._layout.segment(self._generation, seq), None, seq)
+                    for seq in range(first, last + 1)]
+
+    def _decode(self, key: str, first: Optional[int], last: int) -> Segment:
+        segment = Segment.decode(self._storage.read(key), key)
+        if (segment.generation, segment.first_seq, segment.seq) != (self._generation, first, last):
+            raise ReplicaCorruptError(
+                f"segment {key} says it is {segment.generation}/{segment.first_seq or ''}"
+                f"{'-' if segment.first_seq else ''}{segment.seq}: it was put in the wrong place")
+        return segment
+
+
+def _apply_segments(segments: _SegmentReader, f, page_size: int, at: Optional[float]) -> tuple:
+    """Apply segments to the snapshot in `f` — up to the last commit at or before `at`."""
     seq = commits = 0
     last_time = None
-    sizes = [(s, size) for s, size in segment_sizes(storage, layout, meta.generation)
-             if until_seq is None or s <= until_seq]
-    keys = [(layout.segment(meta.generation, s), size) for s, size in sizes]
-    for (seq_number, _), (key, data) in zip(sizes, _fetched(storage, keys)):
-        segment = Segment.decode(data, key)
-        if (segment.generation, segment.seq) != (meta.generation, seq_number):
-            raise ReplicaCorruptError(f"segment {key} says it is {segment.generation}/"
-                                      f"{segment.seq}: it was put in the wrong place")
+    pages = PageWriter(f, page_size)
+    for segment in segments:
         for commit in segment.commits:
             if at is not None and commit.time > at:
+                pages.finish()
                 return seq, commits, last_time
-            commit.apply_to(f, meta.page_size)
+            pages.apply(commit)
             commits, last_time = commits + 1, commit.time
-        seq = seq_number
+        seq = segment.seq
+    pages.finish()
     return seq, commits, last_time
 
 

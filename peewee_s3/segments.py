@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Optional
 
 from .errors import ReplicaCorruptError
 
@@ -37,6 +38,28 @@ class CommitRecord:
         f.truncate(self.db_pages * page_size)
 
 
+class PageWriter:
+    """Applies many commits to an open database file in order, as cheaply as the OS allows:
+    pages written in place, the file cut only when the database shrinks, and brought to the
+    last commit's size by `finish()`. The result equals `apply_to` commit by commit."""
+
+    def __init__(self, f: BinaryIO, page_size: int) -> None:
+        f.flush()
+        self.fd, self.page_size = f.fileno(), page_size
+        self.db_pages = os.fstat(self.fd).st_size // page_size
+
+    def apply(self, commit: CommitRecord) -> None:
+        if commit.db_pages < self.db_pages:
+            os.ftruncate(self.fd, commit.db_pages * self.page_size)
+        for pgno, data in commit.pages.items():
+            if pgno <= commit.db_pages:  # a page past the end would be cut at once
+                os.pwrite(self.fd, data, (pgno - 1) * self.page_size)
+        self.db_pages = commit.db_pages
+
+    def finish(self) -> None:
+        os.ftruncate(self.fd, self.db_pages * self.page_size)
+
+
 @dataclass(frozen=True)
 class Segment:
     generation: str
@@ -44,6 +67,7 @@ class Segment:
     epoch: int
     page_size: int
     commits: tuple
+    first_seq: Optional[int] = None  # a merged segment: the first of the segments it stands for
 
     @property
     def first_time(self) -> float:
@@ -59,12 +83,15 @@ class Segment:
         The header is compressed too: its per-commit entries are most of a small segment."""
         body = b"".join(_PGNO.pack(pgno) + data
                         for commit in self.commits for pgno, data in commit.pages.items())
-        header = json.dumps({
+        header = {
             "format": FORMAT, "generation": self.generation, "seq": self.seq,
             "epoch": self.epoch, "page_size": self.page_size, "body_length": len(body),
             "commits": [{"time": c.time, "db_pages": c.db_pages, "pages": len(c.pages)}
                         for c in self.commits],
-        }, separators=(",", ":")).encode()
+        }
+        if self.first_seq is not None:
+            header["first_seq"] = self.first_seq
+        header = json.dumps(header, separators=(",", ":")).encode()
         header = zlib.compress(header, 9)
         payload = MAGIC + _LENGTH.pack(len(header)) + header + zlib.compress(body, 6)
         return payload + hashlib.sha256(payload).digest()
@@ -104,7 +131,8 @@ class Segment:
             commits.append(CommitRecord(c["time"], c["db_pages"], pages))
         if offset != len(body) or not commits:
             raise _corrupt(key, "its header does not describe its body")
-        return cls(header["generation"], header["seq"], header["epoch"], page_size, tuple(commits))
+        return cls(header["generation"], header["seq"], header["epoch"], page_size, tuple(commits),
+                   header.get("first_seq"))
 
 
 def _corrupt(key: str, why: str) -> ReplicaCorruptError:

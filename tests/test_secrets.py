@@ -194,9 +194,6 @@ def cli_storage(tmp_path, moto_kwargs):
     ["status"], ["status", "--json"], ["generations"], ["verify"], ["restore", "-o", "{out}"],
 ])
 def test_the_cli_shows_no_secret(tmp_path, cli_storage, command):
-    if not os.path.exists(os.path.join(os.path.dirname(__import__("peewee_s3").__file__),
-                                       "cli.py")):
-        pytest.skip("peewee_s3/cli.py does not exist yet")
     command = [part.format(out=tmp_path / "out.db") for part in command]
     code, output = run_cli(*cli_storage, *command)
     assert code == 0, output

@@ -27,7 +27,8 @@ def cmd_verify(args: argparse.Namespace, db: StoredDatabase) -> int:
         target = os.path.join(directory, "verify.db")
         try:
             state = restore_to(ShowingDownloads(db.storage, db.layout),
-                               db.layout, target, at=at, generation=args.generation)
+                               db.layout, target, at=at, generation=args.generation,
+                               merged=False)  # every single segment, not merged copies
         except (ReplicaCorruptError, ObjectNotFoundError) as exc:
             raise ReplicaCorruptError(f"verify FAILED for {db.describe()}: {exc}") from None
         meta = read_meta(db.storage, db.layout, state.generation)
