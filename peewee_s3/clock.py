@@ -5,7 +5,7 @@ the time and how far the WAL then reached (from the wal-index in `-shm`). A comm
 the earliest note that already saw its commit frame, or the moment the replicator read it if
 that is earlier: both are at or after the real commit, and at or before the moment the
 committing thread got control back — so "committed at or before T" is exact for every commit
-a caller saw return. Notes are cheap (one 96-byte pread); reading the WAL is not.
+a caller saw return. Notes are cheap (one 96-byte pread, parsed later); reading the WAL is not.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Optional
 
-from .wal import read_wal_index
+from .wal import WAL_INDEX_NOTE_SIZE, parse_wal_index
 
 
 class CommitClock:
@@ -25,26 +25,27 @@ class CommitClock:
         self._lock = threading.Lock()
 
     def note(self) -> None:
-        """Called by a committing thread right after its commit returned."""
+        """Called by a committing thread right after its commit returned: as little as can
+        be (the wal-index header is parsed when the replicator asks for times)."""
         now = time.time()
         try:
             if self._fd is None:
                 self._fd = os.open(self._shm_path, os.O_RDONLY)
-            index = read_wal_index(self._fd)
+            header = os.pread(self._fd, WAL_INDEX_NOTE_SIZE, 0)
         except OSError:
             return
-        if index is not None:
-            with self._lock:
-                self._notes.append((now, *index))
+        with self._lock:
+            self._notes.append((now, header))
 
     def times(self, commits: list, salts: tuple, read_at: float) -> list:
         """The commit time of each of `commits` (WAL cycle `salts`), read at `read_at` under
         the write lock. Notes taken before `read_at` are then forgotten: they saw no later
         commit."""
         with self._lock:
-            notes = [n for n in self._notes if n[1] == salts]
-            self._notes = [n for n in self._notes if n[0] >= read_at]
-        return [min([read_at] + [t for t, _, frame in notes if frame >= c.end_frame])
+            notes, self._notes = self._notes, [n for n in self._notes if n[0] >= read_at]
+        seen = [(t, index[1]) for t, index in ((t, parse_wal_index(h)) for t, h in notes)
+                if index is not None and index[0] == salts]
+        return [min([read_at] + [t for t, frame in seen if frame >= c.end_frame])
                 for c in commits]
 
     def close(self) -> None:

@@ -61,29 +61,30 @@ class Shipped:
 
 class Tickets:
     """Group commit: each captured commit takes a ticket; one shipment covers every ticket
-    issued before it started. `_cond` guards both counters."""
+    issued before it started. `_lock` guards both counters (a plain lock: nobody waits on it,
+    and every commit takes it)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self.issued = 0
         self.shipped = 0
 
     def issue(self) -> int:
-        with self._cond:
+        with self._lock:
             self.issued += 1
             return self.issued
 
     def covered(self, ticket: int) -> bool:
-        with self._cond:
+        with self._lock:
             return self.shipped >= ticket
 
     def mark_shipped(self, through: int) -> None:
-        with self._cond:
+        with self._lock:
             self.shipped = max(self.shipped, through)
 
     @property
     def pending(self) -> int:
-        with self._cond:
+        with self._lock:
             return self.issued - self.shipped
 
 
@@ -160,7 +161,8 @@ class Replicator:
 
     def notify(self) -> None:
         """A commit happened: ship soon (at most one shipment per sync_interval)."""
-        self._wake.set()
+        if not self._wake.is_set():  # Event.set() takes a lock and notifies: not per commit
+            self._wake.set()
 
     def _run(self) -> None:
         interval = self.options.sync_interval

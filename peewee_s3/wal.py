@@ -146,11 +146,18 @@ def _read_frames(f: BinaryIO, header: WalHeader, position: WalPosition, verify: 
     return commits, committed
 
 
+WAL_INDEX_NOTE_SIZE = 2 * WAL_INDEX_HEADER_SIZE  # both copies of the wal-index header
+
+
 def read_wal_index(shm_fd: int) -> Optional[tuple]:
     """(salts, last committed frame) from the wal-index header in the `-shm` file, or None if
     its two copies disagree (a writer is updating it). See the format's "WAL-index" section."""
-    raw = os.pread(shm_fd, 2 * WAL_INDEX_HEADER_SIZE, 0)
-    if len(raw) < 2 * WAL_INDEX_HEADER_SIZE or raw[:48] != raw[48:96]:
+    return parse_wal_index(os.pread(shm_fd, WAL_INDEX_NOTE_SIZE, 0))
+
+
+def parse_wal_index(raw: bytes) -> Optional[tuple]:
+    """(salts, last committed frame) from the first WAL_INDEX_NOTE_SIZE bytes of `-shm`."""
+    if len(raw) < WAL_INDEX_NOTE_SIZE or raw[:48] != raw[48:96]:
         return None
     (max_frame,) = struct.unpack_from("=I", raw, 16)
     return struct.unpack_from(">II", raw, 32), max_frame
