@@ -9,6 +9,7 @@ a caller saw return. Notes are cheap (one 96-byte pread, parsed later); reading 
 """
 from __future__ import annotations
 
+import bisect
 import os
 import threading
 import time
@@ -43,10 +44,14 @@ class CommitClock:
         commit."""
         with self._lock:
             notes, self._notes = self._notes, [n for n in self._notes if n[0] >= read_at]
-        seen = [(t, index[1]) for t, index in ((t, parse_wal_index(h)) for t, h in notes)
-                if index is not None and index[0] == salts]
-        return [min([read_at] + [t for t, frame in seen if frame >= c.end_frame])
-                for c in commits]
+        seen = sorted((index[1], t) for t, index in ((t, parse_wal_index(h)) for t, h in notes)
+                      if index is not None and index[0] == salts)
+        # earliest[i]: the earliest note among those that saw frame seen[i][0] or later.
+        earliest = [read_at] * (len(seen) + 1)
+        for i in range(len(seen) - 1, -1, -1):
+            earliest[i] = min(seen[i][1], earliest[i + 1])
+        frames = [frame for frame, _ in seen]
+        return [earliest[bisect.bisect_left(frames, c.end_frame)] for c in commits]
 
     def close(self) -> None:
         if self._fd is not None:

@@ -5,10 +5,11 @@ whole commits only; it never writes the WAL and knows nothing of storage or peew
 """
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Iterator, Optional
 
 HEADER = struct.Struct(">8I")
 FRAME_HEADER = struct.Struct(">6I")
@@ -119,31 +120,53 @@ def read_commits(path: str, position: WalPosition, *, verify: bool = True) -> Wa
 
 def _read_frames(f: BinaryIO, header: WalHeader, position: WalPosition, verify: bool):
     big_endian = header.magic == MAGIC_BIG_ENDIAN
-    f.seek(HEADER.size + position.frames * header.frame_size)
+    salts = header.salts
     commits, pages = [], {}
     frames, running = position.frames, position.checksum or header.checksum
-    committed = position
-    while True:
-        raw = f.read(header.frame_size)
-        if len(raw) < header.frame_size:
-            break
-        pgno, db_pages, salt1, salt2, c1, c2 = FRAME_HEADER.unpack_from(raw)
-        if (salt1, salt2) != header.salts or pgno == 0:
+    committed = (position.frames, position.checksum)
+    for frame_header, page in _frames(f, header, position.frames, mapped=not verify):
+        pgno, db_pages, salt1, salt2, c1, c2 = FRAME_HEADER.unpack(frame_header)
+        if salt1 != salts[0] or salt2 != salts[1] or pgno == 0:
             break
         if verify:
-            running = checksum(raw[:8], *running, big_endian)
-            running = checksum(raw[FRAME_HEADER.size:], *running, big_endian)
+            running = checksum(frame_header[:8], *running, big_endian)
+            running = checksum(page, *running, big_endian)
             if running != (c1, c2):
                 break
         else:
             running = (c1, c2)
         frames += 1
-        pages[pgno] = raw[FRAME_HEADER.size:]
+        pages[pgno] = page
         if db_pages:
             commits.append(Commit(dict(sorted(pages.items())), db_pages, frames))
             pages = {}
-            committed = WalPosition(header.salts, frames, running)
-    return commits, committed
+            committed = (frames, running)
+    if committed == (position.frames, position.checksum):
+        return commits, position
+    return commits, WalPosition(salts, *committed)
+
+
+def _frames(f: BinaryIO, header: WalHeader, first: int, mapped: bool) -> Iterator[tuple]:
+    """(frame header, page image) of each whole frame from frame number `first` on.
+
+    `mapped` reads through a memory map, one copy per frame instead of a read call: only for
+    a caller holding SQLite's write lock, under which nobody can truncate the WAL (a mapped
+    file cut short kills the process with SIGBUS)."""
+    size = header.frame_size
+    offset = HEADER.size + first * size
+    if not mapped:
+        f.seek(offset)
+        while len(raw := f.read(size)) == size:
+            yield raw[:FRAME_HEADER.size], raw[FRAME_HEADER.size:]
+        return
+    end = os.fstat(f.fileno()).st_size
+    if end - offset < size:
+        return
+    with mmap.mmap(f.fileno(), end, access=mmap.ACCESS_READ) as mapping:
+        while offset + size <= end:
+            yield (mapping[offset:offset + FRAME_HEADER.size],
+                   mapping[offset + FRAME_HEADER.size:offset + size])
+            offset += size
 
 
 WAL_INDEX_NOTE_SIZE = 2 * WAL_INDEX_HEADER_SIZE  # both copies of the wal-index header
