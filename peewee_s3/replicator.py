@@ -28,7 +28,7 @@ from .segments import CommitRecord, Segment
 from .sidecar import Sidecar, write_sidecar
 from .snapshots import copy_database, upload_snapshot
 from .storage import Storage
-from .wal import WalPosition, WalRead, read_commits, wal_path
+from .wal import WalPosition, WalRead, read_ahead, read_commits, wal_path
 
 log = logging.getLogger("peewee_s3")
 
@@ -132,11 +132,14 @@ class Replicator:
 
     def _read_locked(self, action: Optional[Callable[[WalRead], None]] = None) -> WalRead:
         """Read the commits after our position while holding SQLite's write lock (no network);
-        `action` runs under the same lock."""
+        `action` runs under the same lock. Most frames are read before taking it, so that
+        commits wait only for the last few (wal.read_ahead)."""
+        ahead = read_ahead(self.path, self.shipped.position)
         self._writer.execute("BEGIN IMMEDIATE")
         try:
             read_at = time.time()
-            read = read_commits(wal_path(self.path), self.shipped.position, verify=False)
+            read = read_commits(wal_path(self.path), self.shipped.position, verify=False,
+                                ahead=ahead)
             if read.commits:
                 read.times = self.clock.times(read.commits, read.header.salts, read_at)
             if action:

@@ -11,7 +11,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Optional
+from typing import BinaryIO, NamedTuple, Optional
 
 from .errors import ReplicaCorruptError
 
@@ -22,9 +22,9 @@ _PGNO = struct.Struct(">I")
 _DIGEST = 32
 
 
-@dataclass(frozen=True)
-class CommitRecord:
-    """One commit: when it was captured (unix seconds, UTC), database size after it, its pages."""
+class CommitRecord(NamedTuple):
+    """One commit: when it was captured (unix seconds, UTC), database size after it, its pages.
+    (A named tuple: a burst makes tens of thousands of them.)"""
 
     time: float
     db_pages: int
@@ -81,8 +81,8 @@ class Segment:
         """MAGIC, header length, zlib'd JSON header, zlib body of (pgno, page) records, sha256.
 
         The header is compressed too: its per-commit entries are most of a small segment."""
-        body = b"".join(_PGNO.pack(pgno) + data
-                        for commit in self.commits for pgno, data in commit.pages.items())
+        body = b"".join(piece for commit in self.commits for pgno, data in commit.pages.items()
+                        for piece in (_PGNO.pack(pgno), data))
         header = {
             "format": FORMAT, "generation": self.generation, "seq": self.seq,
             "epoch": self.epoch, "page_size": self.page_size, "body_length": len(body),

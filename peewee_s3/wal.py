@@ -9,7 +9,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator, Optional
+from typing import BinaryIO, Iterator, NamedTuple, Optional
 
 HEADER = struct.Struct(">8I")
 FRAME_HEADER = struct.Struct(">6I")
@@ -37,10 +37,10 @@ class WalHeader:
         return FRAME_HEADER.size + self.page_size
 
 
-@dataclass(frozen=True)
-class Commit:
+class Commit(NamedTuple):
     """One committed transaction: its pages (last image of each), the database size after it,
-    and the number of WAL frames up to and including its commit frame."""
+    and the number of WAL frames up to and including its commit frame. (A named tuple: a
+    burst makes tens of thousands of them, under SQLite's write lock.)"""
 
     pages: dict
     db_pages: int
@@ -93,7 +93,8 @@ def read_header(f: BinaryIO) -> Optional[WalHeader]:
     return WalHeader(magic, page_size, seq, salt1, salt2, (c1, c2))
 
 
-def read_commits(path: str, position: WalPosition, *, verify: bool = True) -> WalRead:
+def read_commits(path: str, position: WalPosition, *, verify: bool = True,
+                 ahead: Optional[WalRead] = None) -> WalRead:
     """The commits in the WAL at `path` after `position`.
 
     If the WAL began a new cycle (its salts differ from `position`'s), reading starts at its first
@@ -101,7 +102,9 @@ def read_commits(path: str, position: WalPosition, *, verify: bool = True) -> Wa
     Frames after the last commit frame (a transaction still being written or rolled back) are
     left for a later call. With `verify`, each frame's cumulative checksum is checked, which is
     what tells a torn frame from a whole one; without it, only salts are checked, which is enough
-    while the caller holds SQLite's write lock on a WAL no crash has touched.
+    while the caller holds SQLite's write lock on a WAL no crash has touched (and then the WAL
+    is read through a memory map). `ahead`, what `read_ahead` found after the same `position`,
+    is kept if the WAL is still in that cycle, and reading goes on after it.
     """
     try:
         f = open(path, "rb")
@@ -114,17 +117,44 @@ def read_commits(path: str, position: WalPosition, *, verify: bool = True) -> Wa
         restarted = position.salts is not None and position.salts != header.salts
         if position.salts != header.salts:
             position = WalPosition(header.salts, 0, header.checksum)
-        commits, position = _read_frames(f, header, position, verify)
-        return WalRead(header, commits, position, restarted)
+        earlier = []
+        if ahead is not None and ahead.position.salts == position.salts and not restarted:
+            earlier, position = ahead.commits, ahead.position
+        commits, position = _read_frames(f, header, position, verify, mapped=not verify)
+        return WalRead(header, earlier + commits, position, restarted)
 
 
-def _read_frames(f: BinaryIO, header: WalHeader, position: WalPosition, verify: bool):
+def read_ahead(database_path: str, position: WalPosition) -> Optional[WalRead]:
+    """Without SQLite's write lock: the commits after `position` up to the last frame the
+    wal-index says is committed, or None. Within a WAL cycle such frames are never written
+    again, and a new cycle rewrites the WAL header first; so what this returns is exact if
+    the WAL is still in `position`'s cycle when `read_commits(..., ahead=)` looks under the
+    lock — and ignored there otherwise."""
+    try:
+        with open(database_path + "-shm", "rb") as shm:
+            index = read_wal_index(shm.fileno())
+        f = open(wal_path(database_path), "rb")
+    except FileNotFoundError:
+        return None
+    if index is None or index[0] != position.salts or index[1] <= position.frames:
+        return None
+    with f:
+        header = read_header(f)
+        if header is None or header.salts != position.salts:
+            return None
+        commits, end = _read_frames(f, header, position, False, mapped=False,
+                                    last_frame=index[1])
+    return WalRead(header, commits, end)
+
+
+def _read_frames(f: BinaryIO, header: WalHeader, position: WalPosition, verify: bool,
+                 mapped: bool, last_frame: Optional[int] = None):
     big_endian = header.magic == MAGIC_BIG_ENDIAN
     salts = header.salts
     commits, pages = [], {}
     frames, running = position.frames, position.checksum or header.checksum
     committed = (position.frames, position.checksum)
-    for frame_header, page in _frames(f, header, position.frames, mapped=not verify):
+    for frame_header, page in _frames(f, header, position.frames, mapped, last_frame):
         pgno, db_pages, salt1, salt2, c1, c2 = FRAME_HEADER.unpack(frame_header)
         if salt1 != salts[0] or salt2 != salts[1] or pgno == 0:
             break
@@ -138,7 +168,8 @@ def _read_frames(f: BinaryIO, header: WalHeader, position: WalPosition, verify: 
         frames += 1
         pages[pgno] = page
         if db_pages:
-            commits.append(Commit(dict(sorted(pages.items())), db_pages, frames))
+            commits.append(Commit(pages if len(pages) == 1 else dict(sorted(pages.items())),
+                                  db_pages, frames))
             pages = {}
             committed = (frames, running)
     if committed == (position.frames, position.checksum):
@@ -146,27 +177,41 @@ def _read_frames(f: BinaryIO, header: WalHeader, position: WalPosition, verify: 
     return commits, WalPosition(salts, *committed)
 
 
-def _frames(f: BinaryIO, header: WalHeader, first: int, mapped: bool) -> Iterator[tuple]:
-    """(frame header, page image) of each whole frame from frame number `first` on.
+READ_CHUNK_FRAMES = 1024  # frames read at a time: one call each, memory bounded
 
-    `mapped` reads through a memory map, one copy per frame instead of a read call: only for
-    a caller holding SQLite's write lock, under which nobody can truncate the WAL (a mapped
-    file cut short kills the process with SIGBUS)."""
-    size = header.frame_size
+
+def _frames(f: BinaryIO, header: WalHeader, first: int, mapped: bool,
+            last_frame: Optional[int] = None) -> Iterator[tuple]:
+    """(frame header, page image) of each whole frame from frame number `first` on (and up to
+    frame `last_frame`, 1-based, if given), read READ_CHUNK_FRAMES at a time.
+
+    `mapped` reads through a memory map instead of read calls: only for a caller holding
+    SQLite's write lock, under which nobody can truncate the WAL (a mapped file cut short kills
+    the process with SIGBUS)."""
+    size, head = header.frame_size, FRAME_HEADER.size
     offset = HEADER.size + first * size
-    if not mapped:
-        f.seek(offset)
-        while len(raw := f.read(size)) == size:
-            yield raw[:FRAME_HEADER.size], raw[FRAME_HEADER.size:]
-        return
     end = os.fstat(f.fileno()).st_size
+    if last_frame is not None:
+        end = min(end, HEADER.size + last_frame * size)
     if end - offset < size:
         return
-    with mmap.mmap(f.fileno(), end, access=mmap.ACCESS_READ) as mapping:
+    source = mmap.mmap(f.fileno(), end, access=mmap.ACCESS_READ) if mapped else None
+    try:
         while offset + size <= end:
-            yield (mapping[offset:offset + FRAME_HEADER.size],
-                   mapping[offset + FRAME_HEADER.size:offset + size])
-            offset += size
+            count = min(READ_CHUNK_FRAMES, (end - offset) // size)
+            if source is None:
+                f.seek(offset)
+                chunk = f.read(count * size)
+            else:
+                chunk = source[offset:offset + count * size]
+            for start in range(0, len(chunk) - size + 1, size):
+                yield chunk[start:start + head], chunk[start + head:start + size]
+            if len(chunk) < count * size:
+                return
+            offset += count * size
+    finally:
+        if source is not None:
+            source.close()
 
 
 WAL_INDEX_NOTE_SIZE = 2 * WAL_INDEX_HEADER_SIZE  # both copies of the wal-index header
