@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from peewee_s3.wal import WalPosition, read_commits
+from peewee_s3.wal import WalPosition, read_ahead, read_commits
 
 
 @pytest.fixture
@@ -81,3 +81,33 @@ def test_the_wal_index_tells_the_last_commit_frame_and_the_cycle(conn):
         assert read.commits[-1].end_frame == read.position.frames
     finally:
         os.close(fd)
+
+
+def test_a_read_ahead_is_kept_while_the_wal_stays_in_its_cycle(conn):
+    start = read_commits(wal(conn), WalPosition())
+    for i in range(50):
+        conn.execute("INSERT INTO t VALUES (?)", (i,))
+    ahead = read_ahead(wal(conn)[:-4], start.position)
+    assert len(ahead.commits) == 50
+    for i in range(3):
+        conn.execute("INSERT INTO t VALUES (?)", (i,))
+    read = read_commits(wal(conn), start.position, verify=False, ahead=ahead)
+    whole = read_commits(wal(conn), start.position, verify=True)
+    assert read.commits == whole.commits and len(read.commits) == 53
+    assert read.position == whole.position
+
+
+def test_a_read_ahead_is_dropped_when_the_wal_restarted_since(conn):
+    start = read_commits(wal(conn), WalPosition())
+    for i in range(50):
+        conn.execute("INSERT INTO t VALUES (?)", (i,))
+    ahead = read_ahead(wal(conn)[:-4], start.position)
+    assert len(ahead.commits) == 50
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")   # someone else: the WAL starts over
+    conn.execute("INSERT INTO t VALUES (1)")
+    read = read_commits(wal(conn), start.position, verify=False, ahead=ahead)
+    assert read.restarted and len(read.commits) == 1
+
+
+def test_nothing_is_read_ahead_before_a_position_in_the_cycle(conn):
+    assert read_ahead(wal(conn)[:-4], WalPosition()) is None
