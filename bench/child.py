@@ -5,8 +5,9 @@
         first connect() uploads a snapshot of it — then make COMMITS single-row commits (one
         segment each) and exit WITHOUT shutdown(), so that the segments stay the end of the
         chain (shutdown would start a new generation with a final snapshot).
-    python -m bench.child restore TARGET BUCKET ENDPOINT
-        peewee_s3.restore() the latest state into TARGET.
+    python -m bench.child restore TARGET BUCKET ENDPOINT [STREAMS]
+        peewee_s3.restore() the latest state into TARGET (with download_streams=STREAMS if
+        given; otherwise its default, one stream on loopback).
 
 Each prints one JSON object a line: {"step", "seconds", "rss", ...}; rss is the process's peak
 RSS so far in bytes (VmHWM), `rss_idle` the peak before the step began (imports done).
@@ -55,12 +56,13 @@ def writer(path: str, bucket: str, endpoint: str, commits: int) -> None:
     os._exit(0)  # no shutdown(): see the module docstring
 
 
-def restore(target: str, bucket: str, endpoint: str) -> None:
+def restore(target: str, bucket: str, endpoint: str, streams: str = "") -> None:
     import peewee_s3
 
+    options = {"download_streams": int(streams)} if streams else {}
     idle = peak_rss()
     started = time.monotonic()
-    state = peewee_s3.restore(target=target, **_storage(bucket, endpoint))
+    state = peewee_s3.restore(target=target, **_storage(bucket, endpoint), **options)
     _say(step="restore", seconds=time.monotonic() - started, rss=peak_rss(), rss_idle=idle,
          segments=state.seq, commits=state.commits)
 

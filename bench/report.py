@@ -19,6 +19,7 @@ LABELS = {
     "s3-async": "peewee-s3 async",
     "s3-sync": "peewee-s3 sync",
     "s3": "peewee-s3",
+    "s3-ranged": "peewee-s3, 4 ranged GETs",
     "seed-async": "seed's way async",
     "seed-sync": "seed's way sync",
     "litestream": "Litestream 0.5.17",

@@ -31,6 +31,7 @@ from bench.watcher import Watcher
 GiB = 2**30
 MiB = 2**20
 P1_CHUNKS = 10
+RANGED_STREAMS = 4  # P5's second peewee-s3 restore: the snapshot as this many ranged GETs
 
 
 class Item(peewee.Model):
@@ -364,17 +365,22 @@ def _peewee_s3_restore(bench: Bench, p5: bool, p6: bool) -> list:
         if restored["commits"] != s.restore_commits or _items(out) != s.restore_commits:
             raise RuntimeError(f"peewee-s3 restored {restored['commits']} commits, not "
                                f"{s.restore_commits}")
+        ranged = _run_child("restore", out + "-ranged", target.bucket, target.endpoint,
+                            str(RANGED_STREAMS))["restore"]
+        os.remove(out + "-ranged")
         download = _plain_download(bench, target, os.path.join(os.path.dirname(path), "dl.db"))
     finally:
         bench.server.empty_bucket(target.bucket)
     snap, restore = wrote["snapshot"], restored
     bench.log(f"P5 peewee-s3: snapshot {snap['seconds']:.1f} s, {s.restore_commits} commits "
               f"{wrote['commits']['seconds']:.1f} s, restore {restore['seconds']:.2f} s "
-              f"({restore['segments']} segments), plain download {download:.2f} s; peak RSS "
+              f"({restore['segments']} segments), {ranged['seconds']:.2f} s with "
+              f"{RANGED_STREAMS} ranged GETs, plain download {download:.2f} s; peak RSS "
               f"snapshot {snap['rss'] / MiB:.0f} MiB, restore {restore['rss'] / MiB:.0f} MiB")
     results = []
     if p5:
         results += [Result("P5.restore", "s3", restore["seconds"]),
+                    Result("P5.restore", "s3-ranged", ranged["seconds"]),
                     Result("P5.restore", "download", download),
                     Result("P5.snapshot", "s3", snap["seconds"])]
     if p6:

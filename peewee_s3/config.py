@@ -45,6 +45,7 @@ class Options:
     retention_generations: int = 2
     retention_age: Optional[float] = 86400.0
     unsafe_storage: bool = False
+    download_streams: Optional[int] = None
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -75,6 +76,13 @@ class Options:
                 "least 1 (the current generation is always kept)")
         if self.retention_age is not None:
             _check_positive("retention_age", self.retention_age)
+        if self.download_streams is not None and (
+                not isinstance(self.download_streams, int) or isinstance(self.download_streams, bool)
+                or not 1 <= self.download_streams <= 64):
+            raise ConfigurationError(
+                f"download_streams={self.download_streams!r} must be an integer from 1 to 64 "
+                "(ranged GETs at once when downloading a snapshot from S3), or None to choose "
+                "by endpoint")
         _check_credentials(self.credentials)
 
     @property
@@ -92,7 +100,8 @@ class Options:
         """The keyword arguments of `storage.open_storage` taken from these options."""
         return dict(storage_root=self.storage_root, region=self.region,
                     endpoint_url=self.endpoint_url, force_path_style=self.force_path_style,
-                    credentials=self.credentials, storage_options=self.storage_options)
+                    credentials=self.credentials, storage_options=self.storage_options,
+                    download_streams=self.download_streams)
 
 
 def log_verbosely() -> None:

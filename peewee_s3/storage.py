@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import io
 import logging
@@ -34,6 +35,7 @@ from .errors import (
     PreconditionFailedError,
     StorageError,
 )
+from .ranges import default_streams, download_ranges, worth_it
 
 CHUNK_SIZE = 8 * 2**20  # one part of a streamed transfer; about one part is in memory at a time
 STREAM_PIECE = 2**20  # what an S3 download hands to the caller's file at a time
@@ -60,8 +62,19 @@ def open_storage(
     force_path_style: bool = False,
     credentials: Optional[Mapping[str, str]] = None,
     storage_options: Optional[Mapping[str, Any]] = None,
+    download_streams: Optional[int] = None,
 ) -> Storage:
-    """Open the storage named by an fsspec URL, or by a filesystem instance plus `storage_root`."""
+    """Open the storage named by an fsspec URL, or by a filesystem instance plus `storage_root`.
+    `download_streams`: ranged GETs at once for a large S3 download (None: by endpoint)."""
+    store = _open_storage(storage, storage_root, region, endpoint_url, force_path_style,
+                          credentials, storage_options)
+    if download_streams is not None and isinstance(store, S3Storage):
+        store.download_streams = download_streams
+    return store
+
+
+def _open_storage(storage, storage_root, region, endpoint_url, force_path_style, credentials,
+                  storage_options) -> Storage:
     s3_options = {
         "region": region,
         "endpoint_url": endpoint_url,
@@ -262,6 +275,8 @@ class S3Storage(Storage):
         if not self.bucket:
             raise ConfigurationError(f"{where} names no bucket: use s3://bucket[/path]")
         self._prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        endpoint = getattr(fs, "endpoint_url", None) or fs.client_kwargs.get("endpoint_url")
+        self.download_streams = default_streams(endpoint)  # open_storage may set it
 
     def read_tagged(self, key: str) -> tuple[bytes, Tag]:
         with self._errors(key):
@@ -323,7 +338,16 @@ class S3Storage(Storage):
                 raise
 
     def download(self, key: str, fileobj: IO[bytes], *, progress: Progress = None) -> int:
-        """One GET, its body read in small pieces (s3fs's file object would hold 2-3 parts)."""
+        """One GET, its body read in small pieces (s3fs's file object would hold 2-3 parts);
+        or, for a large object and `download_streams` > 1, that many ranged GETs at once."""
+        if self.download_streams > 1:
+            with self._errors(key):
+                head = self._call("head_object", key)
+                size, tag = head["ContentLength"], head["ETag"]
+                if worth_it(size, self.download_streams):
+                    return download_ranges(functools.partial(self._read_range, key, tag), size,
+                                           self.download_streams,
+                                           functools.partial(_write_part, fileobj, progress))
         total = 0
         with self._errors(key):
             body = self._call("get_object", key)["Body"]
@@ -344,6 +368,18 @@ class S3Storage(Storage):
 
     def _call(self, method: str, key: str, **kwargs) -> dict:
         return self.fs.call_s3(method, Bucket=self.bucket, Key=self._prefix + key, **kwargs)
+
+    def _read_range(self, key: str, tag: Tag, first: int, last: int) -> bytes:
+        return sync(self.fs.loop, self._get_range, key, first, last, tag)
+
+    async def _get_range(self, key: str, first: int, last: int, tag: Tag) -> bytes:
+        response = await self.fs._call_s3("get_object", Bucket=self.bucket,
+                                          Key=self._prefix + key, Range=f"bytes={first}-{last}",
+                                          IfMatch=tag)  # every part of the same version
+        try:
+            return await response["Body"].read()
+        finally:
+            response["Body"].close()
 
     async def _get_object(self, key: str) -> tuple[bytes, Tag]:
         response = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self._prefix + key)
@@ -631,6 +667,11 @@ def _read_part(fileobj: IO[bytes], size: int) -> tuple[io.BytesIO, int]:
     part.truncate(length)
     part.seek(0)
     return part, length
+
+
+def _write_part(fileobj: IO[bytes], progress: Progress, part: bytes) -> None:
+    _write_local(fileobj, part)
+    _report(progress, len(part))
 
 
 async def _read_piece(body, size: int) -> bytes:
