@@ -117,8 +117,9 @@ def _add_verify(commands) -> None:
 def _add_snapshot(commands) -> None:
     snapshot = _command(
         commands, "snapshot", cmd_snapshot, "Upload a local database file as a new generation",
-        "A running writer takes snapshots by itself (every snapshot_interval; db.snapshot() "
-        "takes one now): this command asks nothing of it. With --local FILE it takes the "
+        "A running writer takes snapshots by itself (once its segments outweigh the last one, "
+        "or after snapshot_interval; db.snapshot() takes one now): this command asks nothing "
+        "of it. With --local FILE it takes the "
         "lease, which fails while a writer holds it, copies FILE with SQLite's backup API, "
         "uploads the copy as a new generation, makes it current and releases the lease; the "
         "next writer restores it. Without --local it explains this and exits 1.")

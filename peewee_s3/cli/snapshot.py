@@ -28,8 +28,9 @@ LOCK_TTL = 60.0
 
 def explain_snapshot() -> int:
     """`snapshot` without --local: say what takes snapshots instead, and fail."""
-    print(f"{PROG}: nothing done: a running writer takes a snapshot by itself every "
-          "snapshot_interval, and db.snapshot() in the writer takes one now. To upload a "
+    print(f"{PROG}: nothing done: a running writer takes a snapshot by itself once its "
+          "segments outweigh the last one or snapshot_interval has passed, and db.snapshot() "
+          "in the writer takes one now. To upload a "
           f"database file as a new generation, stop the writer and run '{PROG} snapshot "
           "--local FILE'", file=sys.stderr)
     return 1
