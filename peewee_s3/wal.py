@@ -5,6 +5,7 @@ whole commits only; it never writes the WAL and knows nothing of storage or peew
 """
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import struct
@@ -150,45 +151,58 @@ def read_ahead(database_path: str, position: WalPosition) -> Optional[WalRead]:
 def _read_frames(f: BinaryIO, header: WalHeader, position: WalPosition, verify: bool,
                  mapped: bool, last_frame: Optional[int] = None):
     big_endian = header.magic == MAGIC_BIG_ENDIAN
-    salts = header.salts
+    salt1, salt2 = header.salts
+    size, head = header.frame_size, FRAME_HEADER.size
     commits, pages = [], {}
     frames, running = position.frames, position.checksum or header.checksum
     committed = (position.frames, position.checksum)
-    for frame_header, page in _frames(f, header, position.frames, mapped, last_frame):
-        pgno, db_pages, salt1, salt2, c1, c2 = FRAME_HEADER.unpack(frame_header)
-        if salt1 != salts[0] or salt2 != salts[1] or pgno == 0:
-            break
-        if verify:
-            running = checksum(frame_header[:8], *running, big_endian)
-            running = checksum(page, *running, big_endian)
-            if running != (c1, c2):
+    for chunk in _chunks(f, header, position.frames, mapped, last_frame):
+        # The frame headers of a whole chunk are unpacked in C; a burst has tens of thousands.
+        for start, (pgno, db_pages, s1, s2, c1, c2) in zip(
+                range(0, len(chunk), size), _frame_struct(header.page_size).iter_unpack(chunk)):
+            if s1 != salt1 or s2 != salt2 or pgno == 0:
                 break
+            page = chunk[start + head:start + size]
+            if verify:
+                running = checksum(chunk[start:start + 8], *running, big_endian)
+                running = checksum(page, *running, big_endian)
+                if running != (c1, c2):
+                    break
+            else:
+                running = (c1, c2)
+            frames += 1
+            pages[pgno] = page
+            if db_pages:
+                commits.append(Commit(pages if len(pages) == 1 else dict(sorted(pages.items())),
+                                      db_pages, frames))
+                pages = {}
+                committed = (frames, running)
         else:
-            running = (c1, c2)
-        frames += 1
-        pages[pgno] = page
-        if db_pages:
-            commits.append(Commit(pages if len(pages) == 1 else dict(sorted(pages.items())),
-                                  db_pages, frames))
-            pages = {}
-            committed = (frames, running)
+            continue
+        break  # a frame that is not whole, or of another cycle: the WAL ends there
     if committed == (position.frames, position.checksum):
         return commits, position
-    return commits, WalPosition(salts, *committed)
+    return commits, WalPosition((salt1, salt2), *committed)
 
 
 READ_CHUNK_FRAMES = 1024  # frames read at a time: one call each, memory bounded
 
 
-def _frames(f: BinaryIO, header: WalHeader, first: int, mapped: bool,
-            last_frame: Optional[int] = None) -> Iterator[tuple]:
-    """(frame header, page image) of each whole frame from frame number `first` on (and up to
-    frame `last_frame`, 1-based, if given), read READ_CHUNK_FRAMES at a time.
+@functools.lru_cache(maxsize=None)
+def _frame_struct(page_size: int) -> struct.Struct:
+    """A whole frame: its header's six fields, then the page, skipped."""
+    return struct.Struct(f"{FRAME_HEADER.format}{page_size}x")
+
+
+def _chunks(f: BinaryIO, header: WalHeader, first: int, mapped: bool,
+            last_frame: Optional[int] = None) -> Iterator[bytes]:
+    """The whole frames from frame number `first` on (and up to frame `last_frame`, 1-based,
+    if given), READ_CHUNK_FRAMES at a time.
 
     `mapped` reads through a memory map instead of read calls: only for a caller holding
     SQLite's write lock, under which nobody can truncate the WAL (a mapped file cut short kills
     the process with SIGBUS)."""
-    size, head = header.frame_size, FRAME_HEADER.size
+    size = header.frame_size
     offset = HEADER.size + first * size
     end = os.fstat(f.fileno()).st_size
     if last_frame is not None:
@@ -204,9 +218,10 @@ def _frames(f: BinaryIO, header: WalHeader, first: int, mapped: bool,
                 chunk = f.read(count * size)
             else:
                 chunk = source[offset:offset + count * size]
-            for start in range(0, len(chunk) - size + 1, size):
-                yield chunk[start:start + head], chunk[start + head:start + size]
-            if len(chunk) < count * size:
+            whole = len(chunk) - len(chunk) % size
+            if whole:
+                yield chunk[:whole] if whole < len(chunk) else chunk
+            if whole < count * size:
                 return
             offset += count * size
     finally:
