@@ -1,0 +1,28 @@
+"""storage: bytes in, bytes out, conditional writes; knows nothing of SQLite or peewee.
+
+One `Storage` per root of an fsspec filesystem: `s3` (S3 through s3fs), `local` (a local
+directory) or `other` (any other fsspec protocol), opened by `opening.open_storage`. Every error
+from fsspec, s3fs, botocore or the OS is turned into a `peewee_s3.errors` exception by
+`translation`, and `redaction` keeps every message, repr and log line free of secrets.
+"""
+
+from .base import CHUNK_SIZE, ObjectInfo, Progress, Storage, Tag
+from .local import LocalStorage
+from .opening import RETRIES, WORKING_PROTOCOLS, open_storage
+from .other import FsspecStorage
+from .s3 import STREAM_PIECE, S3Storage
+
+__all__ = [
+    "CHUNK_SIZE",
+    "RETRIES",
+    "STREAM_PIECE",
+    "WORKING_PROTOCOLS",
+    "FsspecStorage",
+    "LocalStorage",
+    "ObjectInfo",
+    "Progress",
+    "S3Storage",
+    "Storage",
+    "Tag",
+    "open_storage",
+]

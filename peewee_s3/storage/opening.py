@@ -1,0 +1,158 @@
+"""storage.opening: `open_storage` — checks the caller's options, builds the fsspec filesystem
+(with botocore's retries and s3fs's options for s3://) and picks the backend for its protocol.
+
+Every option is validated here, once; the backends receive a ready filesystem and never read
+the caller's options.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Union
+
+import fsspec
+
+from ..errors import ConfigurationError
+from .base import CHUNK_SIZE, Storage
+from .local import LocalStorage
+from .other import FsspecStorage
+from .redaction import _safe_url, _secrets
+from .s3 import S3Storage
+
+RETRIES = {"mode": "standard", "total_max_attempts": 3}  # botocore's retries; we add none
+WORKING_PROTOCOLS = "s3://bucket[/path], file:///dir, memory://name, or another fsspec protocol"
+
+
+def open_storage(
+    storage: Union[str, fsspec.AbstractFileSystem],
+    *,
+    storage_root: Optional[str] = None,
+    region: Optional[str] = None,
+    endpoint_url: Optional[str] = None,
+    force_path_style: bool = False,
+    credentials: Optional[Mapping[str, str]] = None,
+    storage_options: Optional[Mapping[str, Any]] = None,
+    download_streams: Optional[int] = None,
+) -> Storage:
+    """Open the storage named by an fsspec URL, or by a filesystem instance plus `storage_root`.
+    `download_streams`: ranged GETs at once for a large S3 download (None: by endpoint)."""
+    store = _open_storage(storage, storage_root, region, endpoint_url, force_path_style,
+                          credentials, storage_options)
+    if download_streams is not None and isinstance(store, S3Storage):
+        store.download_streams = download_streams
+    return store
+
+
+def _open_storage(storage, storage_root, region, endpoint_url, force_path_style, credentials,
+                  storage_options) -> Storage:
+    s3_options = {
+        "region": region,
+        "endpoint_url": endpoint_url,
+        "force_path_style": force_path_style,
+        "credentials": credentials,
+    }
+    given = [name for name, value in s3_options.items() if value]
+    secrets = _secrets(credentials, storage_options)
+    if isinstance(storage, fsspec.AbstractFileSystem):
+        return _open_filesystem(storage, storage_root, given, storage_options, secrets)
+    if not isinstance(storage, str):
+        raise ConfigurationError(
+            f"storage must be an fsspec URL ({WORKING_PROTOCOLS}) or an fsspec filesystem, "
+            f"not {type(storage).__name__}"
+        )
+    if storage_root is not None:
+        raise ConfigurationError(
+            "storage_root goes with a filesystem instance; with a URL, put the path in the URL"
+        )
+    protocols = _protocols(_filesystem_class(storage))
+    options: dict = {"skip_instance_cache": True, "use_listings_cache": False}
+    if "s3" in protocols:
+        options.update(_s3fs_options(region, endpoint_url, force_path_style, credentials))
+    elif given:
+        raise ConfigurationError(
+            f"{', '.join(given)} only apply to s3:// storage, not to {_safe_url(storage)}"
+        )
+    for name, value in (storage_options or {}).items():  # the caller's options win, dicts merged
+        options[name] = {**options[name], **value} if isinstance(options.get(name), dict) else value
+    where = _safe_url(storage) + (f" (endpoint {endpoint_url})" if endpoint_url else "")
+    return _open_url(storage, protocols, options, where, secrets)
+
+
+def _open_filesystem(fs, storage_root, given, storage_options, secrets) -> Storage:
+    if given or storage_options:
+        raise ConfigurationError(
+            f"{', '.join(given or ['storage_options'])} cannot be applied to a filesystem "
+            "instance: pass them when you create the filesystem"
+        )
+    protocols = _protocols(fs)
+    root = fs._strip_protocol(storage_root or "").rstrip("/")
+    where = f"{protocols[0]}://{root}"
+    return _storage_class(protocols)(fs, root, where, secrets=secrets, owns_fs=False)
+
+
+def _open_url(url, protocols, options, where, secrets) -> Storage:
+    fs = fsspec.filesystem(protocols[0], **options)
+    if hasattr(fs, "retries"):
+        fs.retries = 1  # s3fs retries on top of botocore's (15 requests for one write): no
+    root = fs._strip_protocol(url).rstrip("/")
+    if "file" in protocols:
+        try:
+            os.makedirs(root, exist_ok=True)
+        except OSError as error:
+            raise ConfigurationError(f"cannot create storage directory {root}: {error}") from None
+    return _storage_class(protocols)(fs, root, where, secrets=secrets, owns_fs=True)
+
+
+def _s3fs_options(region, endpoint_url, force_path_style, credentials) -> dict:
+    client_kwargs = {"endpoint_url": endpoint_url, "region_name": region}
+    # Checksums only where S3 requires them: fewer copies of each part in memory, and servers
+    # that reject the newer default checksum headers keep working.
+    config_kwargs: dict = {
+        "retries": dict(RETRIES),
+        "request_checksum_calculation": "when_required",
+    }
+    if force_path_style:
+        config_kwargs["s3"] = {"addressing_style": "path"}
+    options = {
+        "client_kwargs": {k: v for k, v in client_kwargs.items() if v},
+        "config_kwargs": config_kwargs,
+        "default_block_size": CHUNK_SIZE,
+        "max_concurrency": 1,
+    }
+    if credentials is not None:
+        fields = {"access_key_id": "key", "secret_access_key": "secret", "session_token": "token"}
+        unknown = sorted(set(credentials) - set(fields))
+        missing = [f for f in ("access_key_id", "secret_access_key") if not credentials.get(f)]
+        if unknown or missing:
+            raise ConfigurationError(
+                f"credentials need access_key_id and secret_access_key (optional session_token); "
+                f"missing: {missing or 'none'}, unknown: {unknown or 'none'}"
+            )
+        options.update({fields[name]: value for name, value in credentials.items() if value})
+    return options
+
+
+def _filesystem_class(url: str) -> type:
+    protocol = fsspec.core.split_protocol(url)[0] or "file"
+    try:
+        return fsspec.get_filesystem_class(protocol)
+    except ImportError as error:
+        raise ConfigurationError(
+            f"storage protocol {protocol!r} needs a package that is not installed: {error}"
+        ) from None
+    except ValueError:
+        raise ConfigurationError(
+            f"unknown storage protocol {protocol!r} in {_safe_url(url)}: use {WORKING_PROTOCOLS}"
+        ) from None
+
+
+def _protocols(fs: Union[type, fsspec.AbstractFileSystem]) -> tuple:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
+def _storage_class(protocols: tuple) -> type:
+    if "s3" in protocols:
+        return S3Storage
+    if "file" in protocols:
+        return LocalStorage
+    return FsspecStorage
