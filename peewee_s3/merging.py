@@ -39,6 +39,9 @@ class Merger:
         last = self._last
         if last and (segment.generation, segment.seq) != (last.generation, last.seq + 1):
             self.reset()
+        if sum(len(data) for c in segment.commits for data in c.pages.values()) >= MERGE_BYTES:
+            self.reset()  # a large segment reads as fast alone: no copy of its pages to hold
+            return
         if self._first is None:
             self._first = segment
         self._last = segment

@@ -78,11 +78,25 @@ def test_merging_is_due_after_enough_segments_or_bytes(monkeypatch):
     assert merger.due
     merger.take()
     assert not merger.due
-    monkeypatch.setattr(merging, "MERGE_BYTES", 2 * PAGE)
-    merger.add(segments[4])
-    assert not merger.due  # one segment is never merged alone
-    merger.add(segments[5])
-    assert merger.due
+    monkeypatch.setattr(merging, "MERGE_BYTES", 3 * PAGE)
+    two_pages = {1: b"a" * PAGE, 2: b"b" * PAGE}
+    merger.add(Segment("g", 5, 1, PAGE, (CommitRecord(5.0, 8, two_pages),)))
+    assert not merger.due
+    merger.add(Segment("g", 6, 1, PAGE, (CommitRecord(6.0, 8, {3: b"c" * PAGE}),)))
+    assert merger.due  # 3 pages held, though each segment is small
+
+
+def test_a_large_segment_is_not_merged(monkeypatch):
+    monkeypatch.setattr(merging, "MERGE_BYTES", 4 * PAGE)
+    merger = Merger()
+    small = Segment("g", 1, 1, PAGE, (CommitRecord(1.0, 4, {1: b"a" * PAGE}),))
+    large = Segment("g", 2, 1, PAGE, (CommitRecord(2.0, 4, {p: b"b" * PAGE for p in (1, 2, 3, 4)}),))
+    merger.add(small)
+    merger.add(large)
+    merger.add(Segment("g", 3, 1, PAGE, small.commits))
+    merger.add(Segment("g", 4, 1, PAGE, small.commits))
+    merged = merger.take()
+    assert (merged.first_seq, merged.seq) == (3, 4)  # the run starts again after it
 
 
 def test_a_segment_that_does_not_follow_starts_a_new_run():
