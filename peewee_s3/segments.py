@@ -32,10 +32,9 @@ class CommitRecord(NamedTuple):
 
     def apply_to(self, f: BinaryIO, page_size: int) -> None:
         """Write the pages into a database file and cut it to the size after the commit."""
-        for pgno, data in self.pages.items():
-            f.seek((pgno - 1) * page_size)
-            f.write(data)
-        f.truncate(self.db_pages * page_size)
+        pages = PageWriter(f, page_size)
+        pages.apply(self)
+        pages.finish()
 
 
 class PageWriter:
