@@ -1,7 +1,8 @@
 """snapshots: a generation's starting point — the whole database, and its meta written last.
 
 Takes a page-exact copy of the database with SQLite's backup API, streams it to and from
-storage while hashing, and reads/writes `snapshot.meta.json`. See docs/FORMAT.md.
+storage while hashing, and reads/writes `snapshot.meta.json`, which carries a checksum of
+itself (`meta_sha256`). See docs/FORMAT.md.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class SnapshotMeta:
     def to_bytes(self) -> bytes:
         data = asdict(self)
         data["created_at_iso"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created_at))
+        data["meta_sha256"] = meta_sha256(data)
         return json.dumps(data, indent=1).encode()
 
     @classmethod
@@ -49,10 +51,29 @@ class SnapshotMeta:
                 raise ReplicaCorruptError(
                     f"{key} has format {raw.get('format')!r}; this version reads {FORMAT}: "
                     "upgrade peewee-s3 or restore another generation")
+            _check_meta_sha256(raw, key)
             return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
         except (ValueError, TypeError, AttributeError) as exc:
             raise ReplicaCorruptError(f"{key} is not a valid snapshot meta ({exc}); restore "
                                       "another generation (peewee-s3 generations)") from None
+
+
+def meta_sha256(fields: dict) -> str:
+    """The checksum a meta carries of itself: the hex SHA-256 of the canonical JSON (sorted keys,
+    no whitespace, ASCII) of every field but `meta_sha256`."""
+    rest = {k: v for k, v in fields.items() if k != "meta_sha256"}
+    canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_meta_sha256(raw: dict, key: str) -> None:
+    """Refuse a meta whose content does not match its `meta_sha256`; one written before the
+    field existed (none) is read as it is."""
+    if "meta_sha256" in raw and raw["meta_sha256"] != meta_sha256(raw):
+        raise ReplicaCorruptError(
+            f"{key} does not match its own checksum (meta_sha256): it was damaged or changed "
+            "in storage, so nothing it says about its generation can be trusted. Restore "
+            "another generation (peewee-s3 generations lists them)")
 
 
 def copy_database(source: sqlite3.Connection, target_path: str) -> int:

@@ -1,4 +1,5 @@
 """restore(): exact committed states, and corruption refused with the target untouched."""
+import json
 import time
 
 import pytest
@@ -46,6 +47,40 @@ def test_a_flipped_byte_is_refused_and_the_target_left_alone(tmp_path, storage_k
     assert target.read_bytes() == b"the user's own file"
     left = {p.name for p in tmp_path.iterdir()} - {"store"}
     assert left == {"a.db", "a.db-shm", "a.db-wal", "a.db.peewee-s3.json", "r.db"}
+
+
+def flip_a_bit_of(storage_kwargs, key, field):
+    """Turn one bit of a digit (not the first) of a field's value in a JSON object: it stays
+    valid JSON (a '2' becomes a '3'), as damage that no parser notices."""
+    with open_storage(**storage_kwargs) as storage:
+        data = bytearray(storage.read(key))
+        at = data.index(f'"{field}": '.encode()) + len(field) + 5
+        while not chr(data[at]).isdigit():
+            at += 1
+        data[at] ^= 0x01
+        storage.write(key, bytes(data))
+
+
+@pytest.mark.parametrize("field", ["generation", "created_at", "sha256"])
+def test_a_meta_with_one_flipped_bit_is_refused_naming_it(tmp_path, storage_kwargs, stored,
+                                                          field):
+    key = f"{NAME}/generations/{stored}/snapshot.meta.json"
+    flip_a_bit_of(storage_kwargs, key, field)
+    with pytest.raises(ReplicaCorruptError, match="does not match its own checksum") as refused:
+        restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert key in str(refused.value) and "peewee-s3 generations" in str(refused.value)
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_a_meta_written_before_it_carried_its_own_checksum_is_still_read(tmp_path,
+                                                                          storage_kwargs, stored):
+    key = f"{NAME}/generations/{stored}/snapshot.meta.json"
+    with open_storage(**storage_kwargs) as storage:
+        old = json.loads(storage.read(key))
+        old.pop("meta_sha256", None)
+        storage.write(key, json.dumps(old, indent=1).encode())
+    restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert rows_in_file(tmp_path / "r.db") == ["one", "three", "two"]
 
 
 def test_a_segment_missing_from_the_chain_is_refused(tmp_path, storage_kwargs, stored):
