@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import sqlite3
 import tempfile
@@ -117,7 +118,7 @@ def _generation_at(storage: Storage, layout: Layout, at: float) -> tuple:
     chain = lineage(storage, layout)
     earlier = [i for i, m in enumerate(chain) if m.created_at <= at]
     if not earlier:
-        oldest = _iso(chain[0].created_at)
+        oldest = _iso_at_or_after(chain[0].created_at)
         raise NothingToRestoreError(
             f"no state of {layout.base!r} at {_iso(at)} is kept: the oldest available is "
             f"{oldest}. Restore to {oldest} or later")
@@ -341,7 +342,16 @@ def parse_time(value: Union[str, float, dt.datetime]) -> float:
 
 
 def _iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _iso_at_or_after(t: float) -> str:
+    """`t` to the microsecond, rounded up: `parse_time` of it is never earlier than `t`."""
+    micros = math.ceil(t * 1_000_000)
+    while micros / 1_000_000 < t:  # parse_time's own arithmetic
+        micros += 1
+    moment = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=micros)
+    return moment.isoformat(timespec="microseconds")
 
 
 def restore(*, storage: Any, database_name: str, target: str, timestamp: Any = None,

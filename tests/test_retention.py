@@ -1,4 +1,5 @@
 """Retention: only whole generations older than the policy go; current and newest never do."""
+import re
 import time
 
 import pytest
@@ -156,6 +157,29 @@ def test_a_point_in_time_that_was_pruned_is_refused_naming_the_oldest_kept(tmp_p
                 **storage_kwargs)
     restore(target=str(tmp_path / "now.db"), database_name=NAME, **storage_kwargs)
     assert rows_in_file(tmp_path / "now.db") == ["one", "pruned away", "three", "two"]
+    db.shutdown()
+
+
+def test_the_oldest_time_a_refusal_names_can_be_restored_to(tmp_path):
+    storage_kwargs = {"storage": f"file://{tmp_path}/store"}
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_mode="sync")
+    db.create_tables([Note])
+    Note.create(body="pruned away")
+    moment = time.time()
+    time.sleep(0.01)
+    for body in ("one", "two"):
+        db.snapshot()
+        Note.create(body=body)
+    with open_storage(**storage_kwargs) as storage:
+        assert len(prune(storage, LAYOUT, keep_generations=2, max_age=0)) == 1
+    with pytest.raises(NothingToRestoreError) as refused:
+        restore(target=str(tmp_path / "then.db"), database_name=NAME, timestamp=moment,
+                **storage_kwargs)
+
+    oldest = re.search(r"Restore to (\S+) or later", str(refused.value))[1]
+    restore(target=str(tmp_path / "oldest.db"), database_name=NAME, timestamp=oldest,
+            **storage_kwargs)
+    assert rows_in_file(tmp_path / "oldest.db") == ["pruned away"]
     db.shutdown()
 
 
