@@ -1,8 +1,9 @@
 """restore: rebuilds a database file from storage alone — latest state or a point in time.
 
 It picks a complete generation, streams its snapshot, verifies and applies its segments in
-order, runs `PRAGMA integrity_check`, and only then puts the file in place (temp, fsync,
-rename). It never writes to storage, and never overwrites a file without moving it aside.
+order, runs `PRAGMA integrity_check` (quick_check if the schema needs an app's function that is
+not registered), and only then puts the file in place (temp, fsync, rename), moving aside any
+file, -wal, -shm or -journal found there. It never writes to storage, nor deletes a user's file.
 """
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import datetime as dt
 import logging
 import math
 import os
+import re
 import sqlite3
 import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from .errors import (ConfigurationError, LocalStateError, LocalWriteError, NothingToRestoreError,
                      ObjectNotFoundError, ReplicaCorruptError)
@@ -31,6 +33,15 @@ log = logging.getLogger("peewee_s3")
 
 SEGMENTS_IN_FLIGHT = 16
 BYTES_IN_FLIGHT = 8 << 20  # stored (compressed) bytes: decoded pages can be several times more
+# What SQLite beside a database file would read into it: its WAL (replayed), its shared memory
+# and its rollback journal (rolled back into it); and the sidecar, which describes that file.
+NEIGHBOURS = ("-wal", "-shm", "-journal", SIDECAR_SUFFIX)
+# sqlite3's errors when a schema uses a function or collation the connection does not have.
+_NOT_REGISTERED = re.compile(
+    r"(?:unknown function|no such function): (?P<function>[^()\s]+)"
+    r"|no such collation sequence: (?P<collation>\S+)")
+
+Prepare = Callable[[sqlite3.Connection], None]
 
 
 @dataclass(frozen=True)
@@ -136,9 +147,13 @@ def _end_of(generation: str, metas: list) -> Optional[int]:
 
 def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[float] = None,
                generation: Optional[str] = None, until_seq: Optional[int] = None,
-               merged: Optional[bool] = None) -> RestoredState:
-    """Rebuild the database into `target`, which must not exist; see the module docstring.
-    `merged`: read merged segments where there are some (default: unless restoring to `at`)."""
+               merged: Optional[bool] = None, prepare: Optional[Prepare] = None
+               ) -> RestoredState:
+    """Rebuild the database into `target`; see the module docstring. Whatever lies at `target`
+    (file, -wal, -shm, -journal, sidecar) is moved aside once the rebuilt file has passed.
+    `merged`: read merged segments where there are some (default: unless restoring to `at`).
+    `prepare(conn)` runs on the integrity check's connection first: it registers the functions
+    and collations the schema uses (indexes on expressions, CHECK constraints)."""
     if generation is not None:
         try:
             meta = read_meta(storage, layout, generation)
@@ -162,9 +177,10 @@ def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[fl
             seq, commits, last_time = _apply_segments(segments, f, meta.page_size, at)
             f.flush()
             os.fsync(f.fileno())
-        _check_integrity(temp, meta.generation)
-        os.rename(temp, target)
-        _fsync_dir(directory)
+        _check_integrity(temp, meta.generation, prepare)
+        aside = put_in_place(temp, target)
+        if aside:
+            log.warning("moved what was at %s aside to %s", target, aside)
     except LocalWriteError as error:
         remove_database_files(temp)
         raise LocalWriteError(
@@ -282,18 +298,70 @@ def _apply_segments(segments: _SegmentReader, f, page_size: int, at: Optional[fl
     return seq, commits, last_time
 
 
-def _check_integrity(path: str, generation: str) -> None:
+def _check_integrity(path: str, generation: str, prepare: Optional[Prepare]) -> None:
     conn = sqlite3.connect(path)
     try:
-        result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
-    except sqlite3.DatabaseError as exc:
-        result = [str(exc)]
+        if prepare is not None:
+            prepare(conn)
+        check, result = _integrity_check(conn, generation)
     finally:
         conn.close()
     if result != ["ok"]:
         raise ReplicaCorruptError(
-            f"the database rebuilt from generation {generation} fails PRAGMA integrity_check "
+            f"the database rebuilt from generation {generation} fails PRAGMA {check} "
             f"({'; '.join(result[:3])}). Restore another generation or an earlier time")
+
+
+def _integrity_check(conn: sqlite3.Connection, generation: str) -> tuple:
+    """The check that ran and its rows: integrity_check, or quick_check when the schema needs
+    a function or collation that `conn` lacks."""
+    try:
+        return "integrity_check", _pragma(conn, "integrity_check")
+    except sqlite3.DatabaseError as exc:
+        missing = _NOT_REGISTERED.search(str(exc))
+        if missing is None:
+            return "integrity_check", [str(exc)]
+    result = _quick_check(conn, generation)
+    if result == ["ok"]:
+        log.warning(
+            "the database rebuilt from generation %s passed PRAGMA quick_check, but its index "
+            "contents were not verified: PRAGMA integrity_check needs the %s, which is not "
+            "registered on the checking connection. To verify them, pass prepare=<a callable "
+            "that registers it on a sqlite3.Connection> to restore()", generation,
+            _describe(missing))
+    return "quick_check", result
+
+
+def _quick_check(conn: sqlite3.Connection, generation: str) -> list:
+    """PRAGMA quick_check checks every b-tree but not what the indexes hold: a collation it asks
+    for (to open an index) gets a stand-in that calls all keys equal. A function it needs (in
+    CHECK constraints, generated columns) has no stand-in: the caller must `prepare` it."""
+    stand_ins = set()
+    while True:
+        try:
+            return _pragma(conn, "quick_check")
+        except sqlite3.DatabaseError as exc:
+            missing = _NOT_REGISTERED.search(str(exc))
+            if missing is None:
+                return [str(exc)]
+            if missing["function"] or missing["collation"] in stand_ins:
+                raise ConfigurationError(
+                    f"the database rebuilt from generation {generation} cannot be checked: its "
+                    f"schema needs the {_describe(missing)} even for PRAGMA quick_check. Pass "
+                    "prepare=<a callable that registers it on a sqlite3.Connection> to "
+                    "restore(); nothing was changed") from None
+        stand_ins.add(missing["collation"])
+        conn.create_collation(missing["collation"], lambda a, b: 0)
+
+
+def _pragma(conn: sqlite3.Connection, name: str) -> list:
+    return [row[0] for row in conn.execute(f"PRAGMA {name}")]
+
+
+def _describe(missing: re.Match) -> str:
+    if missing["function"]:
+        return f"function {missing['function']}()"
+    return f"collation {missing['collation']}"
 
 
 def _fsync_dir(directory: str) -> None:
@@ -313,12 +381,28 @@ def remove_database_files(path: str) -> None:
             pass
 
 
+def put_in_place(staged: str, target: str) -> Optional[str]:
+    """Rename the checked file `staged` to `target`, first moving aside whatever lies there — a
+    -wal or -journal left without its file too, which SQLite would replay onto (or roll back
+    into) the restored file. Returns where the old files went, or None if there were none."""
+    found = any(os.path.lexists(target + suffix) for suffix in ("",) + NEIGHBOURS)
+    aside = move_aside(target) if found else None
+    os.rename(staged, target)
+    _fsync_dir(os.path.dirname(os.path.abspath(target)))
+    return aside
+
+
 def move_aside(path: str) -> str:
-    """Rename a database file (with its -wal, -shm and sidecar) out of the way; returns the
-    new name. The sidecar goes too: it describes the old file, not the one restored in place."""
-    aside = f"{path}.before-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    for suffix in ("", "-wal", "-shm", SIDECAR_SUFFIX):
-        if os.path.exists(path + suffix):
+    """Rename a database file (with its -wal, -shm, -journal and sidecar) out of the way;
+    returns the new name, `<path>.before-restore-<UTC time>`, which no earlier one had. The
+    sidecar goes too: it describes the old file, not the one restored in place."""
+    stamp = f"{path}.before-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    aside, n = stamp, 1
+    while any(os.path.lexists(aside + suffix) for suffix in ("",) + NEIGHBOURS):
+        n += 1
+        aside = f"{stamp}.{n}"
+    for suffix in ("",) + NEIGHBOURS:
+        if os.path.lexists(path + suffix):
             os.rename(path + suffix, aside + suffix)
     return aside
 
@@ -355,14 +439,16 @@ def _iso_at_or_after(t: float) -> str:
 
 
 def restore(*, storage: Any, database_name: str, target: str, timestamp: Any = None,
-            generation: Optional[str] = None, overwrite: bool = False, **options: Any
-            ) -> RestoredState:
+            generation: Optional[str] = None, overwrite: bool = False,
+            prepare: Optional[Prepare] = None, **options: Any) -> RestoredState:
     """Restore a database from storage into the file `target`.
 
     Takes the same storage options as S3SqliteDatabase (key_prefix, endpoint_url, credentials,
     …). `timestamp` (datetime or ISO-8601; naive is UTC) restores the newest commit at or before
     it; `generation` a given generation. An existing `target` is refused unless `overwrite`,
-    and then it is moved aside, never lost.
+    and then it is moved aside, never lost; so is a -wal, -shm or -journal found without it.
+    `prepare(conn)` registers on the integrity check's sqlite3 connection the functions and
+    collations the schema uses (say an index on an app's function), so that it can run whole.
     """
     from .config import Options
     from .storage import open_storage
@@ -374,15 +460,7 @@ def restore(*, storage: Any, database_name: str, target: str, timestamp: Any = N
     at = parse_time(timestamp) if timestamp is not None else None
     store = open_storage(opts.storage, **opts.storage_kwargs())
     try:
-        layout = Layout(opts.base_key)
-        staging = target + ".restoring"
-        remove_database_files(staging)
-        state = restore_to(store, layout, staging, at=at, generation=generation)
-        if os.path.exists(target):
-            log.warning("moved %s aside to %s", target, move_aside(target))
-        os.rename(staging, target)
-        _fsync_dir(os.path.dirname(os.path.abspath(target)))
-        return RestoredState(state.generation, state.seq, state.commits,
-                             state.last_commit_time, target)
+        return restore_to(store, Layout(opts.base_key), target, at=at, generation=generation,
+                          prepare=prepare)
     finally:
         store.close()

@@ -10,7 +10,8 @@ import os
 from typing import Optional
 
 from ..errors import LocalStateError, NothingToRestoreError
-from ..restore import RestoredState, move_aside, parse_time, remove_database_files, restore_to
+from ..restore import (RestoredState, parse_time, put_in_place, remove_database_files,
+                       restore_to)
 from .options import StoredDatabase
 from .output import PROG, counted, when
 from .progress import ShowingDownloads
@@ -32,12 +33,10 @@ def cmd_restore(args: argparse.Namespace, db: StoredDatabase) -> int:
     state = restore_to(ShowingDownloads(db.storage, db.layout), db.layout,
                        staging, at=at, generation=args.generation)
     try:
-        aside = move_aside(out) if os.path.exists(out) else None
-        os.rename(staging, out)
+        aside = put_in_place(staging, out)
     except BaseException:
         remove_database_files(staging)
         raise
-    _fsync_directory(out)
     print(f"restored {db.describe()} to {out}: {_describe_state(state)}")
     if aside:
         print(f"kept the previous {out} as {aside}")
@@ -58,10 +57,3 @@ def _describe_state(state: RestoredState) -> str:
     return (f"generation {state.generation}, snapshot and {through} "
             f"({counted(state.commits, 'commit')}{last})")
 
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
