@@ -17,11 +17,18 @@ copy under the same lock. If writing the file fails halfway, the lock stays held
 or time out, they never see a half-written file) until the next poll has copied a fresh restore
 in.
 
+Only the current lineage. A segment is applied once it is proved part of it: `lock.json`, read
+after it, still shows its epoch (it landed before any takeover, so a new holder continues from
+it), or another segment follows it in its generation. A fenced writer's stray proves neither:
+it waits, and goes when `lock.json` names the new holder's generation, which ends the old one
+before it. A restore of the current state leaves out a last segment that is not proved.
+
 What a poll costs. With nothing new, one GET: the next segment of the current generation,
 which is absent; never a LIST. `lock.json`, which names the writer's current generation, is
 read as well on the `LEASE_READ_EVERY` polls after segments stop coming (that is when a new
-generation shows), and otherwise on every `LEASE_READ_EVERY`-th poll. A new generation costs a
-restore.
+generation shows), and otherwise on every `LEASE_READ_EVERY`-th poll. A poll that finds
+segments (or holds one back) reads `lock.json` once more, after them. A new generation costs a
+restore, plus a LIST and a GET to check its last segment.
 """
 from __future__ import annotations
 
@@ -44,8 +51,8 @@ from peewee import OperationalError, SqliteDatabase
 from .config import STORAGE_OPTIONS, Options, log_verbosely
 from .errors import ConfigurationError, ObjectNotFoundError, PeeweeS3Error, ReplicaCorruptError
 from .layout import Layout
-from .lease import read_lease
-from .restore import remove_database_files, restore_to
+from .lease import LeaseRecord, read_lease
+from .restore import current_generation, remove_database_files, restore_to, segment_seqs
 from .segments import CommitRecord, Segment
 from .sidecar import SUFFIX as SIDECAR_SUFFIX
 from .snapshots import read_meta
@@ -253,16 +260,14 @@ class Follower:
             self._reinstall()
         self._polls_since_lease += 1
         if read_lease or self._polls_since_lease > LEASE_READ_EVERY:
-            self._follow_lease()
+            self._follow(self._read_lease())
         try:
             at_end = self._fetch()
-        finally:  # what was fetched before a failure is applied all the same
-            fetched = bool(self._fetched)
-            if fetched:
-                self._apply_fetched()
-        self._quiet_polls = 0 if fetched else self._quiet_polls + 1
+        finally:  # what was fetched before a failure is applied all the same, once proved
+            applied = self._apply_proved() if self._fetched else 0
+        self._quiet_polls = 0 if applied else self._quiet_polls + 1
         if at_end and 0 < self._quiet_polls <= LEASE_READ_EVERY and self._polls_since_lease:
-            self._follow_lease()  # segments stopped coming: the writer may be on a new generation
+            self._follow(self._read_lease())  # segments stopped: the writer may be on a new one
         return at_end
 
     def _fetch(self) -> bool:
@@ -286,30 +291,47 @@ class Follower:
                 self.pending_commits += len(segment.commits)
         return False
 
-    def _apply_fetched(self) -> None:
-        commits = [commit for segment in self._fetched for commit in segment.commits]
+    def _apply_proved(self) -> int:
+        """Apply the fetched segments proved to be in the current lineage and keep the last one
+        for a later poll if it is not; switch generation instead if lock.json names a new one.
+        Returns how many segments were applied."""
+        lease = self._read_lease()  # read after the segments: what proves the last one
+        if self._follow(lease):
+            return 0
+        proved = len(self._fetched)  # each one but the last is proved by the one after it
+        if not _lease_proves(lease, self._fetched[-1]):
+            proved -= 1
+        if proved:
+            self._apply(self._fetched[:proved])
+        return proved
+
+    def _apply(self, segments: list) -> None:
+        commits = [commit for segment in segments for commit in segment.commits]
         self.copy.apply(commits)
         with self._state:
-            self.seq = self._fetched[-1].seq
+            self.seq = segments[-1].seq
             self.last_commit_time = commits[-1].time
             self.commits_applied += len(commits)
-            self.segments_applied += len(self._fetched)
-            self.pending_commits = 0
-        self._fetched = []
+            self.segments_applied += len(segments)
+            self.pending_commits -= len(commits)
+        self._fetched = self._fetched[len(segments):]
 
-    def _follow_lease(self) -> None:
-        """Switch to the generation lock.json names, once it is complete."""
+    def _read_lease(self) -> Optional[LeaseRecord]:
         self._polls_since_lease = 0
-        lease = read_lease(self.storage, self.layout.lock)
+        return read_lease(self.storage, self.layout.lock)
+
+    def _follow(self, lease: Optional[LeaseRecord]) -> bool:
+        """Switch to the generation lock.json names, once it is complete; True if it did."""
         if lease is None or not lease.generation or lease.generation == self.generation:
-            return
+            return False
         try:
             read_meta(self.storage, self.layout, lease.generation)
         except ObjectNotFoundError:
-            return  # not complete yet
+            return False  # not complete yet
         log.info("replica of %s: the writer started generation %s", self.layout.base,
                  lease.generation)
         self._reinstall()
+        return True
 
     def _reinstall(self) -> None:
         restored, generation, seq, last_time = self._restore()
@@ -324,7 +346,7 @@ class Follower:
         """Restore the current state into a temporary file beside the copy (no lock held)."""
         temp = f"{self.path}.restoring-{secrets.token_hex(4)}"
         try:
-            state = restore_to(self.storage, self.layout, temp)
+            state = restore_to(self.storage, self.layout, temp, until_seq=self._proved_end())
             last_time = state.last_commit_time
             if last_time is None:
                 last_time = read_meta(self.storage, self.layout, state.generation).created_at
@@ -332,6 +354,19 @@ class Follower:
             remove_database_files(temp)
             raise
         return temp, state.generation, state.seq, last_time
+
+    def _proved_end(self) -> int:
+        """How far a restore of the current generation may go: through its last segment only
+        if lock.json, read after it, proves it (see _lease_proves); the ones before it are
+        proved by the segment that follows them."""
+        generation = current_generation(self.storage, self.layout).generation
+        seqs = segment_seqs(self.storage, self.layout, generation)
+        if not seqs:
+            return 0
+        key = self.layout.segment(generation, seqs[-1])
+        last = Segment.decode(self.storage.read(key), key)
+        lease = read_lease(self.storage, self.layout.lock)
+        return seqs[-1] if _lease_proves(lease, last) else seqs[-1] - 1
 
     def _moved_to(self, generation: str, seq: int, last_time: float) -> None:
         """The copy now holds a fresh restore: everything storage held moments ago."""
@@ -519,6 +554,15 @@ def _claim(path: str):
         raise ConfigurationError(f"{path} is the local file of another running replica: give "
                                  "each replica a path of its own") from None
     return lock_file
+
+
+def _lease_proves(lease: Optional[LeaseRecord], segment: Segment) -> bool:
+    """Whether `lock.json`, read after `segment` was, proves the segment part of the lineage.
+
+    It does if it still shows the segment's epoch: the segment landed before anyone took the
+    lease over, so a new holder found it and its generation continues from it. A segment of an
+    older epoch may be a fenced writer's stray, which the next generation does not contain."""
+    return lease is not None and lease.epoch == segment.epoch
 
 
 def _page_size(header: bytes) -> int:

@@ -3,6 +3,7 @@ committed state — across processes, tables, schema changes and new generations
 import multiprocessing
 import os
 import random
+import shutil
 import sqlite3
 import statistics
 import threading
@@ -13,10 +14,14 @@ import pytest
 
 from peewee_s3 import S3SqliteDatabase
 from peewee_s3.errors import ConfigurationError, NothingToRestoreError, ReplicaCorruptError
+from peewee_s3.layout import Layout
+from peewee_s3.lease import read_lease
 from peewee_s3.replica import ReadOnlyReplicaError, S3SqliteReplica
-from peewee_s3.segments import CommitRecord
+from peewee_s3.restore import restore_to
+from peewee_s3.segments import CommitRecord, Segment
 from peewee_s3.storage import open_storage
 
+from .faultproxy import FaultProxy
 from .helpers import NAME, Note, make_db
 
 POLL = 0.1
@@ -412,3 +417,108 @@ def test_a_corrupt_segment_stops_the_replica_where_it_is(tmp_path, file_storage)
     assert scalar(replica, "SELECT count(*) FROM note") == 0  # the last good state, readable
     replica.shutdown()
     db.shutdown()
+
+
+# -- a fenced writer's stray segment --------------------------------------------------------
+
+META_DELAY = 2.5  # how long the new writer's snapshot meta is held up on its way to the bucket
+
+
+@pytest.fixture
+def proxied_moto(moto_endpoint, make_bucket, s3_kwargs):
+    """(proxy, a bucket's kwargs through the proxy, the same bucket's kwargs straight to moto)."""
+    direct = s3_kwargs(moto_endpoint, make_bucket(moto_endpoint))
+    with FaultProxy(moto_endpoint) as proxy:
+        yield proxy, {**direct, "endpoint_url": proxy.url}, direct
+
+
+def test_a_fenced_writers_stray_segment_never_shows_on_a_replica(tmp_path, proxied_moto):
+    proxy, through_proxy, direct = proxied_moto
+    old = make_db(tmp_path / "old.db", direct, sync_mode="sync")
+    old.create_tables([Note])
+    Note.create(body="before the takeover")
+    replica = make_replica(tmp_path / "r.db", direct)
+    new = make_db(tmp_path / "new.db", through_proxy, force_lock=True, sync_mode="sync")
+    late = make_replica(tmp_path / "late.db", direct)
+    seen, stop = set(), threading.Event()
+    watcher = threading.Thread(target=watch_rows, args=(replica, seen, stop))
+    watcher.start()
+    try:
+        taking_over = stray_lands_during_a_takeover(old, new, proxy, direct, tmp_path)
+        replica.refresh()
+        during = notes(replica)
+        late_during = notes(late)  # a replica started while the stray is there
+        taking_over.join()
+        wait_until(lambda: replica.status()["generation"] == new.status()["generation"],
+                   "the new writer's generation")
+        after = notes(replica)
+        Note.bind(new)
+        Note.create(body="after the takeover")
+        wait_until(lambda: "after the takeover" in seen, "the new writer's row")
+        wait_until(lambda: "after the takeover" in notes(late), "the new writer's row")
+        late_after = notes(late)
+    finally:
+        stop.set()
+        watcher.join()
+        for db in (late, replica, old, new):
+            db.shutdown()
+
+    assert during == late_during == after == ["before the takeover"]
+    assert "stray" not in seen
+    assert late_after == ["after the takeover", "before the takeover"]
+
+
+def stray_lands_during_a_takeover(old, new, proxy, storage_kwargs, tmp_path):
+    """`new` takes the lease over from `old` (force_lock) and reads the old generation; while
+    its snapshot meta is held up, the old writer's delayed upload lands at the next key of the
+    old generation with the old epoch. Returns the thread that is connecting the new writer."""
+    position = old.status()["position"]
+    with open_storage(**storage_kwargs) as storage:
+        old_epoch = read_lease(storage, Layout(NAME).lock).epoch
+        proxy.fail_next("slow", method="PUT", path="snapshot.meta.json", delay=META_DELAY)
+        taking_over = threading.Thread(target=new.connect)
+        taking_over.start()
+        wait_for(lambda: proxy.counts["slow"], "the new writer's snapshot meta on its way")
+        seq = position["seq"] + 1
+        storage.create(Layout(NAME).segment(position["generation"], seq),
+                       stray_segment(storage, position["generation"], seq, old_epoch, "stray",
+                                     tmp_path))
+    return taking_over
+
+
+def stray_segment(storage, generation, seq, epoch, body, work_dir):
+    """The segment a fenced writer's delayed upload lands: `generation` through `seq - 1` plus
+    one row, encoded with the package's own Segment, as that writer would have shipped it."""
+    before, after = work_dir / "stray-before.db", work_dir / "stray-after.db"
+    restore_to(storage, Layout(NAME), str(before), generation=generation)
+    shutil.copyfile(before, after)
+    conn = sqlite3.connect(str(after))
+    conn.execute("INSERT INTO note (body) VALUES (?)", (body,))
+    conn.commit()
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()  # the last connection checkpoints: the file holds the commit
+    old, new = before.read_bytes(), after.read_bytes()
+    pages = {n // page_size + 1: new[n:n + page_size] for n in range(0, len(new), page_size)
+             if new[n:n + page_size] != old[n:n + page_size]}
+    commit = CommitRecord(time.time(), len(new) // page_size, pages)
+    return Segment(generation, seq, epoch, page_size, (commit,)).encode()
+
+
+def notes(replica):
+    return sorted(row[0] for row in replica.execute_sql("SELECT body FROM note").fetchall())
+
+
+def watch_rows(replica, seen, stop):
+    """Read the replica as an application does, noting every row it ever shows."""
+    while not stop.is_set():
+        seen.update(notes(replica))
+        replica.close()
+        time.sleep(0.002)
+
+
+def wait_for(predicate, what):
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"no sign of {what} within {WAIT} s")
+        time.sleep(0.005)
