@@ -1,28 +1,27 @@
 """clock: the commit time of each transaction, for point-in-time restore.
 
 Python's sqlite3 has no commit hook, so the database notes, right after each commit it sees,
-the time and how far the WAL then reached (from the wal-index in `-shm`). A commit's time is
-the earliest note that already saw its commit frame, or the moment the replicator read it if
-that is earlier: both are at or after the real commit, and at or before the moment the
-committing thread got control back — so "committed at or before T" is exact for every commit
-a caller saw return. Notes are cheap (one 96-byte pread, parsed later); reading the WAL is not.
+the time and how far the WAL then reached (from the wal-index in `-shm`, read through the
+descriptor `files` keeps: never one opened and closed here). A commit's time is the earliest
+note that already saw its commit frame, or the moment the replicator read it if that is
+earlier: both are at or after the real commit, and at or before the moment the committing
+thread got control back — so "committed at or before T" is exact for every commit a caller saw
+return. Notes are cheap (one 96-byte pread, parsed later); reading the WAL is not.
 """
 from __future__ import annotations
 
 import bisect
-import os
 import threading
 import time
-from typing import Optional
 
+from . import files
 from .wal import WAL_INDEX_NOTE_SIZE, parse_wal_index
 
 
 class CommitClock:
     def __init__(self, database_path: str) -> None:
         self._shm_path = database_path + "-shm"
-        self._fd: Optional[int] = None
-        self._notes: list = []          # (time, salts, last frame); guarded by _lock
+        self._notes: list = []          # (time, wal-index header); guarded by _lock
         self._lock = threading.Lock()
 
     def note(self) -> None:
@@ -30,9 +29,7 @@ class CommitClock:
         be (the wal-index header is parsed when the replicator asks for times)."""
         now = time.time()
         try:
-            if self._fd is None:
-                self._fd = os.open(self._shm_path, os.O_RDONLY)
-            header = os.pread(self._fd, WAL_INDEX_NOTE_SIZE, 0)
+            header = files.pread(self._shm_path, WAL_INDEX_NOTE_SIZE)
         except OSError:
             return
         with self._lock:
@@ -52,8 +49,3 @@ class CommitClock:
             earliest[i] = min(seen[i][1], earliest[i + 1])
         frames = [frame for frame, _ in seen]
         return [earliest[bisect.bisect_left(frames, c.end_frame)] for c in commits]
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None

@@ -2,21 +2,26 @@
 
 Small overrides only: `init` takes the options, `_connect` opens the session (lease, restore,
 replicator) on the first connection, `execute_sql` and `commit` report each commit to the
-replicator. It never talks to storage itself.
+replicator (to the session that was open when the write began, so that a commit racing
+`shutdown()` is shipped or raises). It never talks to storage itself.
 """
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
 from typing import Any, Optional
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from peewee import InterfaceError, SqliteDatabase
 
 from .config import Options, log_verbosely
-from .errors import ConfigurationError
+from .errors import ConfigurationError, PeeweeS3Error
 from .session import Session, open_session
+
+log = logging.getLogger("peewee_s3")
 
 _OUR_PRAGMAS = {"journal_mode", "wal_autocheckpoint"}
 _OPTION_NAMES = [name for name in Options.__dataclass_fields__]
@@ -25,6 +30,47 @@ _OPTION_NAMES = [name for name in Options.__dataclass_fields__]
 def _is_read(sql: str) -> bool:
     """Statements that cannot commit a change; anything else is treated as a write."""
     return sql.lstrip()[:6].upper() == "SELECT"
+
+
+def local_path(database: str, uri: bool) -> str:
+    """The file a database name stands for: the path itself, or with `uri=True` the path of a
+    `file:` URI (whose query may not make the file read-only or in memory)."""
+    if not (uri and database.startswith("file:")):
+        return os.path.abspath(database)
+    parts = urlsplit(database)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if query.get("mode") in ("ro", "memory") or query.get("immutable") == "1" or \
+            parts.path in ("", ":memory:"):
+        raise ConfigurationError(
+            f"{database!r} opens the database read-only or in memory: S3SqliteDatabase "
+            "replicates a file it writes. Drop mode=ro/memory and immutable=1, or use "
+            "peewee_s3.S3SqliteReplica for a read-only copy")
+    return os.path.abspath(unquote(parts.path))
+
+
+class _BufferedCursor:
+    """The rows of a finished statement, for a cursor that must not stay open (sync mode
+    waits for durability after the statement, and an open one holds SQLite's write lock)."""
+
+    def __init__(self, cursor) -> None:
+        self.description, self.rowcount = cursor.description, cursor.rowcount
+        self.lastrowid = cursor.lastrowid
+        self._rows = iter(cursor.fetchall())
+
+    def fetchone(self):
+        return next(self._rows, None)
+
+    def fetchmany(self, size: int = 1) -> list:
+        return [row for _, row in zip(range(size), self._rows)]
+
+    def fetchall(self) -> list:
+        return list(self._rows)
+
+    def __iter__(self):
+        return self._rows
+
+    def close(self) -> None:
+        self._rows = iter(())
 
 
 class S3SqliteDatabase(SqliteDatabase):
@@ -40,8 +86,10 @@ class S3SqliteDatabase(SqliteDatabase):
         if database == ":memory:" or (database and database.startswith("file::memory")):
             raise ConfigurationError("S3SqliteDatabase needs a file on disk, not ':memory:'")
         self.options = Options(**options) if database else None
+        self._path = local_path(database, kwargs.get("uri", False)) if database else None
         self._session: Optional[Session] = None
-        self._session_lock = threading.Lock()
+        self._session_lock = threading.Lock()   # guards _session and _shut_down
+        self._shutdown_lock = threading.Lock()  # one shutdown at a time
         self._shut_down = False
         super().init(database, **kwargs)
         if self.options and self.options.verbose:
@@ -50,7 +98,7 @@ class S3SqliteDatabase(SqliteDatabase):
     @staticmethod
     def _check_pragmas(pragmas: Any) -> None:
         items = pragmas.items() if isinstance(pragmas, dict) else (pragmas or ())
-        clash = _OUR_PRAGMAS & {name.lower() for name, _ in items}
+        clash = _OUR_PRAGMAS & {name.lower().rsplit(".", 1)[-1] for name, _ in items}
         if clash:
             raise ConfigurationError(
                 f"pragmas {sorted(clash)} are set by S3SqliteDatabase (WAL mode, automatic "
@@ -70,41 +118,74 @@ class S3SqliteDatabase(SqliteDatabase):
     def _open_session(self) -> Session:
         with self._session_lock:
             if self._session is None:
-                self._session = open_session(os.path.abspath(self.database), self.options)
+                self._session = open_session(self._path, self.options, self._prepare_check)
                 self._shut_down = False
-                atexit.register(self.shutdown)
-            return self._session
+                atexit.register(self._shutdown_at_exit)
+            session = self._session
+        # A new connection to a file deleted or replaced under the session would create or
+        # open another file, whose writes would never be shipped.
+        session.replicator.local.check()
+        return session
+
+    def _prepare_check(self, conn) -> None:
+        """The app's own functions, aggregates and collations (`@db.func()`, …), registered
+        on the connection that checks a restored file: its schema may use them."""
+        self._load_aggregates(conn)
+        self._load_collations(conn)
+        self._load_functions(conn)
+        if getattr(self, "server_version", (0,)) >= (3, 25, 0):
+            self._load_window_functions(conn)
 
     def shutdown(self) -> None:
         """Ship what is pending, take the final snapshot and release the lease.
 
         Harmless twice, and on a fenced database (it then releases nothing). Also runs at exit.
+        If it raises (another connection holds a write transaction, the storage is down), the
+        session stays open and shutdown() can be called again.
         """
-        with self._session_lock:
-            session, self._session = self._session, None
-            self._shut_down = True
-        if session is None:
-            return
-        atexit.unregister(self.shutdown)
-        if not self.is_closed() and not self.in_transaction():
-            self.close()
-        session.shutdown()
+        with self._shutdown_lock:
+            session = self._session
+            if session is None:
+                return
+            if not self.is_closed() and not self.in_transaction():
+                self.close()
+            try:
+                session.shutdown()
+            finally:
+                if session.closed:
+                    with self._session_lock:
+                        self._session, self._shut_down = None, True
+                    atexit.unregister(self._shutdown_at_exit)
+
+    def _shutdown_at_exit(self) -> None:
+        try:
+            self.shutdown()
+        except (PeeweeS3Error, OSError) as exc:
+            log.error("shutting down %s at exit failed: %s", self._path, exc)
 
     # -- capturing commits -------------------------------------------------------------------
 
     def execute_sql(self, sql, params=None, *args, **kwargs):
         writes = not _is_read(sql)
-        if writes:
-            self._check_writable()
+        session = self._check_writable() if writes else None
         cursor = super().execute_sql(sql, params, *args, **kwargs)
         if writes and not self._state.conn.in_transaction:
-            self._committed()
+            session = session or self._session   # opened by this statement (autoconnect)
+            if session is not None and self.options.sync_mode == "sync":
+                # A statement is finished only once stepped to its end (RETURNING rows,
+                # PRAGMA incremental_vacuum), and holds the write lock until then: finish it
+                # before waiting for the replicator, which needs that lock.
+                if cursor.description is None:
+                    cursor.fetchall()
+                else:
+                    cursor = _BufferedCursor(cursor)
+            self._committed(session)
         return cursor
 
     def commit(self, *args, **kwargs):
-        self._check_writable()
+        session = self._check_writable()
         result = super().commit(*args, **kwargs)
-        self._committed()
+        self._committed(session or self._session)
         return result
 
     def rollback(self, *args, **kwargs):
@@ -113,15 +194,17 @@ class S3SqliteDatabase(SqliteDatabase):
             return super().rollback(*args, **kwargs)
         return None
 
-    def _check_writable(self) -> None:
-        if self._session is not None:
-            self._session.replicator.check_fenced()
+    def _check_writable(self) -> Optional[Session]:
+        """Before a write: the session it belongs to (None before the first connection)."""
+        session = self._session
+        if session is not None:
+            session.replicator.check_writable()
         elif self._shut_down and not self.is_closed():
             raise InterfaceError("this database was shut down: close() this connection and "
                                  "connect() again to open a new session")
+        return session
 
-    def _committed(self) -> None:
-        session = self._session
+    def _committed(self, session: Optional[Session]) -> None:
         if session is None:
             return
         replicator = session.replicator

@@ -45,6 +45,10 @@ class LocalStateError(PeeweeS3Error):
     """The local file and the storage disagree in a way that cannot be resolved safely."""
 
 
+class SessionClosedError(PeeweeS3Error):
+    """The replica session was shut down while this operation ran: connect() again."""
+
+
 class LocalWriteError(PeeweeS3Error, OSError):
     """A local file could not be written (disk full, read-only directory, ...)."""
 

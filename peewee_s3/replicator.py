@@ -1,8 +1,9 @@
 """replicator: ships committed WAL pages to storage and keeps the lease — one thread per database.
 
-It reads new commits out of the WAL under SQLite's write lock (local I/O only), releases the
-lock, checks the lease, and uploads them as a segment of the current generation; it renews the
-lease, starts new generations with a snapshot, and checkpoints only frames already durable.
+It reads new commits out of the WAL under SQLite's write lock (local I/O only, localfile.py),
+releases the lock, checks the lease, and uploads them as a segment of the current generation;
+it renews the lease, starts new generations with a snapshot, and checkpoints only frames
+already read. A WAL restart that the pin cannot prove harmless starts a new generation.
 Network I/O never happens while it holds SQLite's write lock.
 """
 from __future__ import annotations
@@ -18,17 +19,18 @@ from typing import Callable, Optional
 
 from .clock import CommitClock
 from .config import Options
-from .errors import LeaseLostError, PeeweeS3Error, StorageError
+from .errors import LeaseLostError, PeeweeS3Error, SessionClosedError, StorageError
 from .layout import Layout, new_generation_id
 from .lease import Lease
-from .restore import remove_database_files
+from .localfile import LocalFile
 from .merging import Merger
+from .restore import remove_database_files
 from .retention import prune
 from .segments import CommitRecord, Segment
-from .sidecar import Sidecar, write_sidecar
-from .snapshots import copy_database, upload_snapshot
+from .sidecar import Sidecar, describe_file, write_sidecar
+from .snapshots import upload_snapshot
 from .storage import Storage
-from .wal import WalPosition, WalRead, read_ahead, read_commits, wal_path
+from .wal import WalPosition, WalRead, wal_path
 
 log = logging.getLogger("peewee_s3")
 
@@ -39,6 +41,7 @@ log = logging.getLogger("peewee_s3")
 # about twice the database.
 SEGMENTS_SHARE_OF_SNAPSHOT = 1.0
 SEGMENTS_MIN_BYTES_FOR_SNAPSHOT = 4 << 20
+FINISH_ATTEMPTS = 3  # times shutdown tries to end on an empty WAL while others commit
 
 
 @dataclass
@@ -106,51 +109,25 @@ class Replicator:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._safe_restart: Optional[tuple] = None
         self._unsent: Optional[tuple] = None
+        self._folded = False  # our checkpoint put commits nobody read into the file
+        self.closed = False   # finish() is done: later sync-mode commits raise
         self._prune_due = False
         self._last_renewal = time.monotonic()
         self._wal_stat: Optional[tuple] = None
-        self._writer = self._open_connection()
-        self._reader = self._open_connection()
-
-    # -- connections -------------------------------------------------------------------------
-
-    def _open_connection(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        # A connection keeps the WAL alive only once it has read: see ENVIRONMENT.md.
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return conn
+        self.local = LocalFile(path, self.clock)
 
     def close_connections(self) -> None:
-        for conn in (self._writer, self._reader):
-            conn.close()
-        self.clock.close()
+        self.local.close()
 
     def _read_locked(self, action: Optional[Callable[[WalRead], None]] = None) -> WalRead:
-        """Read the commits after our position while holding SQLite's write lock (no network);
-        `action` runs under the same lock. Most frames are read before taking it, so that
-        commits wait only for the last few (wal.read_ahead)."""
-        ahead = read_ahead(self.path, self.shipped.position)
-        self._writer.execute("BEGIN IMMEDIATE")
-        try:
-            read_at = time.time()
-            read = read_commits(wal_path(self.path), self.shipped.position, verify=False,
-                                ahead=ahead)
-            if read.commits:
-                read.times = self.clock.times(read.commits, read.header.salts, read_at)
-            if action:
-                action(read)
-            return read
-        finally:
-            self._writer.execute("ROLLBACK")
+        """The commits after our position, read under SQLite's write lock (localfile.py)."""
+        return self.local.read(self.shipped.position, action)
 
     # -- the thread --------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"peewee-s3 {self.layout.base}",
                                         daemon=True)
         self._thread.start()
@@ -228,6 +205,12 @@ class Replicator:
         if self.fenced:
             raise LeaseLostError(str(self.fenced))
 
+    def check_writable(self) -> None:
+        """Before a write: this writer is not fenced, and its file is still the one at its
+        path (a write to a replaced file would never be shipped)."""
+        self.check_fenced()
+        self.local.check()
+
     def _guard(self, step: Callable):
         """Run a storage step; a lost lease fences this writer for good."""
         self.check_fenced()
@@ -257,15 +240,16 @@ class Replicator:
                 lost = []
 
                 def judge_then_checkpoint(read: WalRead) -> None:
-                    # Judge the restart before the checkpoint records a new expected one.
-                    lost.append(read.restarted and not self._restart_is_safe(read))
+                    lost.append(self._folded
+                                or (read.restarted and not self._restart_is_safe(read)))
                     if not lost[0]:
                         self._checkpoint_if_long(read)
 
                 read = self._read_locked(judge_then_checkpoint)
                 if lost[0]:
-                    log.warning("the WAL of %s was checkpointed by someone else: starting a "
-                                "new generation so that no commit is lost", self.path)
+                    log.warning("the WAL of %s started over without all of it read (emptied, "
+                                "removed, or checkpointed by someone else): starting a new "
+                                "generation so that no commit is lost", self.path)
                     self.start_generation(ship_first=False)
                     return
                 self._unsent = (read, through)
@@ -282,9 +266,10 @@ class Replicator:
             self._guard(self.lease.check)
 
     def _restart_is_safe(self, read: WalRead) -> bool:
-        """A new WAL cycle loses nothing if we checkpointed the old one whole, all shipped."""
-        expected = (self.shipped.position.salts, self.shipped.position.frames, self.shipped.cycle)
-        return (self._safe_restart == expected
+        """A new WAL cycle loses nothing if the pin stood at our shipped position until it
+        began: while it stands, the WAL can start over only once every frame is checkpointed
+        and none is after the pin (localfile.py), so the old cycle ended where we had shipped."""
+        return (read.header is not None and self.local.last_pin == self.shipped.position
                 and read.header.checkpoint_seq == (self.shipped.cycle or 0) + 1)
 
     def _upload_segment(self, read: WalRead) -> None:
@@ -337,14 +322,21 @@ class Replicator:
         while not self.tickets.covered(ticket):
             self.check_fenced()
             with self._io:
-                if not self.tickets.covered(ticket):
-                    self.ship()
+                if self.tickets.covered(ticket):
+                    return
+                if self.closed:
+                    raise SessionClosedError(
+                        f"{self.path} was shut down while this commit was made: it stands in "
+                        "the local file but was not shipped. connect() again to ship it")
+                self.ship()
 
-    def write_sidecar(self) -> None:
+    def write_sidecar(self, file: Optional[dict] = None) -> None:
+        """Record where replication stands; `file` describes the database file when the WAL
+        is empty and everything is shipped (the end of a session), else nothing is promised."""
         s = self.shipped
         write_sidecar(self.path, Sidecar(self.origin, s.generation, s.seq, self.lease.epoch,
                                          list(s.position.salts) if s.position.salts else None,
-                                         s.position.frames))
+                                         s.position.frames, file))
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -356,20 +348,41 @@ class Replicator:
         PASSIVE mode, which needs no write lock. Only when it moved every frame may the next
         writer restart the WAL, and only then is that restart expected.
         """
-        if read.position.frames < self.options.checkpoint_frames:
-            return
-        _, wal_frames, done = self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if wal_frames == done == read.position.frames:
-            self._safe_restart = (read.position.salts, read.position.frames,
-                                  read.header.checkpoint_seq)
+        if read.position.frames >= self.options.checkpoint_frames:
+            self.local.checkpoint_passive()
 
     def checkpoint_truncate(self) -> bool:
-        """Empty the WAL (everything in it must be shipped or in the current snapshot)."""
-        busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if busy:
-            return False
-        self.shipped.position, self.shipped.cycle, self._safe_restart = WalPosition(), None, None
-        return True
+        """Empty the WAL (everything read must be shipped or in the current snapshot); True if
+        it is empty with nothing unshipped folded into the file. Folded commits (made since
+        the last read) make the next shipment start a new generation."""
+        truncation = self.local.truncate(self.shipped.position)
+        if truncation.emptied or truncation.folded:
+            self.shipped.position, self.shipped.cycle = WalPosition(), None
+        self._folded = self._folded or truncation.folded
+        return truncation.emptied
+
+    def finish(self) -> None:
+        """The end of a session: ship everything, take the final snapshot, empty the WAL, and
+        leave a sidecar that describes the file. Commits made meanwhile are shipped too (or,
+        folded into the file, snapshotted); a sync-mode commit after this raises."""
+        with self._io:
+            self.ship()
+            if self.shipped.seq > 0:
+                self.start_generation()
+            for _ in range(FINISH_ATTEMPTS):
+                if self.checkpoint_truncate():
+                    self.closed = True
+                    self.write_sidecar(describe_file(self.path))
+                    return
+                if self._folded:
+                    self.start_generation(ship_first=False)
+                else:
+                    self.ship()
+            self.closed = True
+            self.write_sidecar()
+            log.warning("%s could not be left with an empty WAL (other connections kept "
+                        "reading or writing it): the next session starts a new generation",
+                        self.path)
 
     # -- generations -------------------------------------------------------------------------
 
@@ -390,12 +403,9 @@ class Replicator:
                                         dir=os.path.dirname(os.path.abspath(self.path)))
             os.close(fd)
             try:
-                read = self._pin_reader()
+                read = self._read_locked()
                 pinned_at = time.time()
-                try:
-                    page_size = copy_database(self._reader, temp)
-                finally:
-                    self._reader.execute("COMMIT")
+                page_size = self.local.copy_pinned(temp)
                 self._guard(self.lease.check)
                 meta = upload_snapshot(self.storage, self.layout, generation, temp,
                                        epoch=self.lease.epoch, page_size=page_size,
@@ -411,7 +421,7 @@ class Replicator:
             s.bytes_uploaded += meta.size
             s.snapshot_size, s.generation_bytes = meta.size, 0
             self.merger.reset()
-            self._safe_restart = None
+            self._folded = False
             self._unsent = None
             self._prune_due = True
             self.write_sidecar()
@@ -433,14 +443,6 @@ class Replicator:
                      generation.reason)
         return pruned
 
-    def _pin_reader(self) -> WalRead:
-        """Open a read transaction on the reader at exactly the WAL's last commit, and return
-        that read: writers are held off only while the transaction starts."""
-        def pin(_read: WalRead) -> None:
-            self._reader.execute("BEGIN")
-            self._reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return self._read_locked(pin)
-
     def adopt(self, generation: str, seq: int, created_at: float) -> None:
         """Carry on in a stored generation whose end is this file's state (WAL emptied)."""
         s = self.shipped
@@ -454,6 +456,6 @@ class Replicator:
             size = os.path.getsize(wal_path(self.path))
         except FileNotFoundError:
             return 0
-        page_size = self._writer.execute("PRAGMA page_size").fetchone()[0]
+        page_size = self.local.page_size()
         shipped = 32 + self.shipped.position.frames * (24 + page_size)
         return max(0, size - shipped) if self.shipped.position.salts else size

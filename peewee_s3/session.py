@@ -2,15 +2,19 @@
 
 Opening a session takes the lease before SQLite touches the local file, then settles the local
 file against the storage (DESIGN.md, "Local file versus storage") and starts the replicator.
-Closing it ships what is pending, takes the final snapshot and releases the lease.
+Closing it ships what is pending, takes the final snapshot and releases the lease; a closing
+that fails for a reason that can pass (a lock held, the storage down) leaves the session open
+to be closed again. It reads the local file only through `files` (stat and pread).
 """
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
+from . import files
 from .config import Options
 from .errors import (ConfigurationError, LeaseLostError, LocalStateError, NothingToRestoreError,
                      PreconditionFailedError)
@@ -19,7 +23,7 @@ from .lease import Lease
 from .probe import probe_conditional_writes
 from .replicator import Replicator
 from .restore import current_generation, move_aside, restore_to, segment_seqs
-from .sidecar import Sidecar, read_sidecar, remove_sidecar
+from .sidecar import Sidecar, describe_file, read_sidecar, remove_sidecar
 from .storage import Storage, open_storage
 from .wal import WalPosition, read_commits, wal_path
 
@@ -35,6 +39,7 @@ class Plan:
     generation: Optional[str] = None
     seq: int = 0
     created_at: float = 0.0
+    file: Optional[dict] = None  # carry on only if the file is still this (sidecar.describe_file)
 
 
 class Session:
@@ -42,29 +47,46 @@ class Session:
                  replicator: Replicator) -> None:
         self.path, self.options, self.storage = path, options, storage
         self.lease, self.replicator = lease, replicator
+        self.closed = False
 
     def shutdown(self) -> None:
-        """Ship, take the final snapshot, release the lease. A fenced writer releases nothing."""
+        """Ship, take the final snapshot, release the lease. A fenced writer releases nothing.
+        If the local file is gone, what was shipped stays the stored state: the lease is
+        released and LocalStateError says so. Any other failure leaves the session open (the
+        replicator running again) so that shutdown can be called again."""
         r = self.replicator
         r.stop()
         try:
             if not r.fenced:
-                with r._io:
-                    r.ship()
-                    if r.shipped.seq > 0:
-                        r.start_generation()
-                    if r.checkpoint_truncate():
-                        r.write_sidecar()
-                    self.lease.release()
-                    log.info("released the lease on %s", r.layout.base)
+                r.finish()
+        except (LeaseLostError, PreconditionFailedError):
+            log.warning("%s was taken over before shutdown: released nothing", r.layout.base)
+        except LocalStateError:
+            self._close(release=True)
+            raise
+        except BaseException:
+            r.start()
+            raise
+        self._close(release=not r.fenced)
+
+    def _close(self, release: bool) -> None:
+        r = self.replicator
+        try:
+            if release:
+                self.lease.release()
+                log.info("released the lease on %s", r.layout.base)
         except (LeaseLostError, PreconditionFailedError):
             log.warning("%s was taken over before shutdown: released nothing", r.layout.base)
         finally:
+            self.closed = True
             r.close_connections()
             self.storage.close()
 
 
-def open_session(path: str, options: Options) -> Session:
+def open_session(path: str, options: Options,
+                 prepare: Optional[Callable[[sqlite3.Connection], None]] = None) -> Session:
+    """`prepare` registers the app's functions and collations on the connection that checks
+    a restored file (its schema may use them)."""
     storage = open_storage(options.storage, **options.storage_kwargs())
     try:
         layout = Layout(options.base_key)
@@ -75,7 +97,7 @@ def open_session(path: str, options: Options) -> Session:
         lease.acquire()
         log.info("took the lease on %s (epoch %d)", layout.base, lease.epoch)
         try:
-            plan = _settle_local_file(path, storage, layout, lease, origin)
+            plan = _settle_local_file(path, storage, layout, lease, origin, prepare)
             replicator = Replicator(path, options, storage, lease, origin)
             try:
                 _begin(replicator, plan)
@@ -109,10 +131,14 @@ def _check_conditional_writes(storage: Storage, layout: Layout, options: Options
 
 
 def _begin(replicator: Replicator, plan: Plan) -> None:
+    """Carry on in the plan's generation if the file is still what was checked before SQLite
+    opened it (nobody wrote it in between: our checkpoint then changed nothing), else start
+    a new generation with a snapshot of it."""
     emptied = replicator.checkpoint_truncate()
+    unchanged = plan.file is None or plan.file == describe_file(replicator.path)
     if plan.generation:
         replicator.adopt(plan.generation, plan.seq, plan.created_at)
-    if not (plan.carry_on and emptied):
+    if not (plan.carry_on and emptied and unchanged):
         replicator.start_generation()
 
 
@@ -125,14 +151,14 @@ def _origin(storage: Storage, layout: Layout) -> str:
 
 
 def _settle_local_file(path: str, storage: Storage, layout: Layout, lease: Lease,
-                       origin: str) -> Plan:
+                       origin: str, prepare: Optional[Callable] = None) -> Plan:
     """Restore, keep or refuse the local file; see DESIGN.md "Local file versus storage"."""
     try:
         meta = current_generation(storage, layout)
     except NothingToRestoreError:
         return _new_lineage(path, origin)
     if not _exists(path):
-        return _restore(path, storage, layout, lease, meta)
+        return _restore(path, storage, layout, lease, meta, prepare)
     _check_is_sqlite(path)
     sidecar = read_sidecar(path)
     if sidecar is None or sidecar.origin != origin:
@@ -143,8 +169,12 @@ def _settle_local_file(path: str, storage: Storage, layout: Layout, lease: Lease
             "another database_name to replicate this file as a new database")
     end = (segment_seqs(storage, layout, meta.generation) or [0])[-1]
     if sidecar.generation == meta.generation and sidecar.seq == end:
-        if _wal_matches(path, sidecar) and _clean_handover(lease, meta.generation):
-            return Plan(True, meta.generation, end, meta.created_at)
+        if (_wal_matches(path, sidecar) and sidecar.describes(path)
+                and _clean_handover(lease, meta.generation)):
+            return Plan(True, meta.generation, end, meta.created_at, sidecar.file)
+        if not sidecar.describes(path):
+            log.warning("%s changed since its last session ended (or that session did not end "
+                        "cleanly): starting a new generation with a snapshot of it", path)
         return Plan(False, meta.generation, end)
     if ((sidecar.generation == meta.generation and sidecar.seq < end)
             or sidecar.generation < meta.generation):
@@ -152,7 +182,7 @@ def _settle_local_file(path: str, storage: Storage, layout: Layout, lease: Lease
         remove_sidecar(path)
         log.warning("%s held an older state (generation %s, segment %d); moved it to %s and "
                     "restoring %s", path, sidecar.generation, sidecar.seq, aside, meta.generation)
-        return _restore(path, storage, layout, lease, meta)
+        return _restore(path, storage, layout, lease, meta, prepare)
     raise LocalStateError(
         f"{path} says it shipped generation {sidecar.generation} segment {sidecar.seq}, but "
         f"{origin} holds generation {meta.generation} through segment {end}: neither is "
@@ -161,8 +191,7 @@ def _settle_local_file(path: str, storage: Storage, layout: Layout, lease: Lease
 
 
 def _check_is_sqlite(path: str) -> None:
-    with open(path, "rb") as f:
-        magic = f.read(16)
+    magic = files.pread(path, 16)
     if magic and magic != b"SQLite format 3\x00":
         raise LocalStateError(
             f"{path} is not a SQLite database (it starts with {magic[:8]!r}): nothing was "
@@ -184,9 +213,10 @@ def _new_lineage(path: str, origin: str) -> Plan:
     return Plan(False)
 
 
-def _restore(path: str, storage: Storage, layout: Layout, lease: Lease, meta) -> Plan:
+def _restore(path: str, storage: Storage, layout: Layout, lease: Lease, meta,
+             prepare: Optional[Callable] = None) -> Plan:
     _remove_leftovers(path)
-    state = restore_to(storage, layout, path, generation=meta.generation)
+    state = restore_to(storage, layout, path, generation=meta.generation, prepare=prepare)
     return Plan(_clean_handover(lease, state.generation), state.generation, state.seq,
                 meta.created_at)
 
@@ -207,14 +237,23 @@ def _wal_matches(path: str, sidecar: Sidecar) -> bool:
 
 
 def _exists(path: str) -> bool:
-    """Whether there is a local state: a non-empty file, or a WAL holding commits."""
-    if os.path.exists(path) and os.path.getsize(path) > 0:
+    """Whether there is a local state: a non-empty file, or an empty one whose WAL holds
+    commits. (A WAL without its database file is no state: see `_remove_leftovers`.)"""
+    if not os.path.exists(path):
+        return False
+    if os.path.getsize(path) > 0:
         return True
     return bool(read_commits(wal_path(path), WalPosition(), verify=True).commits)
 
 
 def _remove_leftovers(path: str) -> None:
-    """No local state (see `_exists`): an empty file, its -shm and a WAL without commits go."""
+    """No local state (see `_exists`): an empty file and its -shm go, and so does a WAL
+    without commits. A WAL that holds commits but has lost its database file is kept aside,
+    never deleted: it is someone's data, but cannot be replayed without the file."""
+    if read_commits(wal_path(path), WalPosition(), verify=True).commits:
+        aside = move_aside(path)
+        log.warning("%s is missing but its WAL holds commits: moved the WAL to %s-wal; "
+                    "starting from storage", path, aside)
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.unlink(path + suffix)

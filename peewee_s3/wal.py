@@ -1,16 +1,19 @@
 """wal: reads committed transactions out of a SQLite WAL file.
 
 It parses the WAL format (https://sqlite.org/fileformat.html#the_write_ahead_log) and returns
-whole commits only; it never writes the WAL and knows nothing of storage or peewee.
+whole commits only; it never writes the WAL and knows nothing of storage or peewee. It reads
+`-wal` and `-shm` only through the descriptors `files` keeps (never open-and-close: that drops
+SQLite's locks).
 """
 from __future__ import annotations
 
 import functools
-import mmap
 import os
 import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator, NamedTuple, Optional
+
+from . import files
 
 HEADER = struct.Struct(">8I")
 FRAME_HEADER = struct.Struct(">6I")
@@ -82,8 +85,7 @@ def checksum(data: bytes, s1: int, s2: int, big_endian: bool) -> tuple:
 
 def read_header(f: BinaryIO) -> Optional[WalHeader]:
     """The WAL header, or None if the file holds no valid header (empty, new, or torn)."""
-    f.seek(0)
-    raw = f.read(HEADER.size)
+    raw = os.pread(f.fileno(), HEADER.size, 0)
     if len(raw) < HEADER.size:
         return None
     magic, _version, page_size, seq, salt1, salt2, c1, c2 = HEADER.unpack(raw)
@@ -98,30 +100,27 @@ def read_commits(path: str, position: WalPosition, *, verify: bool = True,
                  ahead: Optional[WalRead] = None) -> WalRead:
     """The commits in the WAL at `path` after `position`.
 
-    If the WAL began a new cycle (its salts differ from `position`'s), reading starts at its first
-    frame and `restarted` is set: the caller decides whether frames of the old cycle were lost.
+    If the WAL began a new cycle (its salts differ from `position`'s), or was emptied or
+    removed after `position` had read some of it, reading starts at its first frame and
+    `restarted` is set: the caller decides whether frames of the old cycle were lost.
     Frames after the last commit frame (a transaction still being written or rolled back) are
     left for a later call. With `verify`, each frame's cumulative checksum is checked, which is
     what tells a torn frame from a whole one; without it, only salts are checked, which is enough
-    while the caller holds SQLite's write lock on a WAL no crash has touched (and then the WAL
-    is read through a memory map). `ahead`, what `read_ahead` found after the same `position`,
-    is kept if the WAL is still in that cycle, and reading goes on after it.
+    while the caller holds SQLite's write lock on a WAL no crash has touched. `ahead`, what
+    `read_ahead` found after the same `position`, is kept if the WAL is still in that cycle, and
+    reading goes on after it.
     """
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return WalRead(None, position=position)
-    with f:
-        header = read_header(f)
+    with files.reader(path) as f:
+        header = read_header(f) if f is not None else None
         if header is None:
-            return WalRead(None, position=position)
+            return WalRead(None, restarted=position.salts is not None)
         restarted = position.salts is not None and position.salts != header.salts
         if position.salts != header.salts:
             position = WalPosition(header.salts, 0, header.checksum)
         earlier = []
         if ahead is not None and ahead.position.salts == position.salts and not restarted:
             earlier, position = ahead.commits, ahead.position
-        commits, position = _read_frames(f, header, position, verify, mapped=not verify)
+        commits, position = _read_frames(f, header, position, verify)
         return WalRead(header, earlier + commits, position, restarted)
 
 
@@ -131,32 +130,26 @@ def read_ahead(database_path: str, position: WalPosition) -> Optional[WalRead]:
     again, and a new cycle rewrites the WAL header first; so what this returns is exact if
     the WAL is still in `position`'s cycle when `read_commits(..., ahead=)` looks under the
     lock — and ignored there otherwise."""
-    try:
-        with open(database_path + "-shm", "rb") as shm:
-            index = read_wal_index(shm.fileno())
-        f = open(wal_path(database_path), "rb")
-    except FileNotFoundError:
-        return None
+    index = parse_wal_index(files.pread(database_path + "-shm", WAL_INDEX_NOTE_SIZE))
     if index is None or index[0] != position.salts or index[1] <= position.frames:
         return None
-    with f:
-        header = read_header(f)
+    with files.reader(wal_path(database_path)) as f:
+        header = read_header(f) if f is not None else None
         if header is None or header.salts != position.salts:
             return None
-        commits, end = _read_frames(f, header, position, False, mapped=False,
-                                    last_frame=index[1])
+        commits, end = _read_frames(f, header, position, False, last_frame=index[1])
     return WalRead(header, commits, end)
 
 
 def _read_frames(f: BinaryIO, header: WalHeader, position: WalPosition, verify: bool,
-                 mapped: bool, last_frame: Optional[int] = None):
+                 last_frame: Optional[int] = None):
     big_endian = header.magic == MAGIC_BIG_ENDIAN
     salt1, salt2 = header.salts
     size, head = header.frame_size, FRAME_HEADER.size
     commits, pages = [], {}
     frames, running = position.frames, position.checksum or header.checksum
     committed = (position.frames, position.checksum)
-    for chunk in _chunks(f, header, position.frames, mapped, last_frame):
+    for chunk in _chunks(f, header, position.frames, last_frame):
         # The frame headers of a whole chunk are unpacked in C; a burst has tens of thousands.
         for start, (pgno, db_pages, s1, s2, c1, c2) in zip(
                 range(0, len(chunk), size), _frame_struct(header.page_size).iter_unpack(chunk)):
@@ -194,48 +187,28 @@ def _frame_struct(page_size: int) -> struct.Struct:
     return struct.Struct(f"{FRAME_HEADER.format}{page_size}x")
 
 
-def _chunks(f: BinaryIO, header: WalHeader, first: int, mapped: bool,
+def _chunks(f: BinaryIO, header: WalHeader, first: int,
             last_frame: Optional[int] = None) -> Iterator[bytes]:
     """The whole frames from frame number `first` on (and up to frame `last_frame`, 1-based,
-    if given), READ_CHUNK_FRAMES at a time.
-
-    `mapped` reads through a memory map instead of read calls: only for a caller holding
-    SQLite's write lock, under which nobody can truncate the WAL (a mapped file cut short kills
-    the process with SIGBUS)."""
+    if given), READ_CHUNK_FRAMES at a time. (Positioned reads, not a memory map: a map holds
+    a descriptor of its own, closed with it, and a mapped file cut short raises SIGBUS.)"""
     size = header.frame_size
     offset = HEADER.size + first * size
     end = os.fstat(f.fileno()).st_size
     if last_frame is not None:
         end = min(end, HEADER.size + last_frame * size)
-    if end - offset < size:
-        return
-    source = mmap.mmap(f.fileno(), end, access=mmap.ACCESS_READ) if mapped else None
-    try:
-        while offset + size <= end:
-            count = min(READ_CHUNK_FRAMES, (end - offset) // size)
-            if source is None:
-                f.seek(offset)
-                chunk = f.read(count * size)
-            else:
-                chunk = source[offset:offset + count * size]
-            whole = len(chunk) - len(chunk) % size
-            if whole:
-                yield chunk[:whole] if whole < len(chunk) else chunk
-            if whole < count * size:
-                return
-            offset += count * size
-    finally:
-        if source is not None:
-            source.close()
+    while offset + size <= end:
+        count = min(READ_CHUNK_FRAMES, (end - offset) // size)
+        chunk = os.pread(f.fileno(), count * size, offset)
+        whole = len(chunk) - len(chunk) % size
+        if whole:
+            yield chunk[:whole] if whole < len(chunk) else chunk
+        if whole < count * size:
+            return
+        offset += count * size
 
 
 WAL_INDEX_NOTE_SIZE = 2 * WAL_INDEX_HEADER_SIZE  # both copies of the wal-index header
-
-
-def read_wal_index(shm_fd: int) -> Optional[tuple]:
-    """(salts, last committed frame) from the wal-index header in the `-shm` file, or None if
-    its two copies disagree (a writer is updating it). See the format's "WAL-index" section."""
-    return parse_wal_index(os.pread(shm_fd, WAL_INDEX_NOTE_SIZE, 0))
 
 
 def parse_wal_index(raw: bytes) -> Optional[tuple]:
@@ -252,6 +225,4 @@ def wal_path(database_path: str) -> str:
 
 def has_frames(database_path: str) -> bool:
     """Whether the database's WAL holds at least one committed frame (verified)."""
-    if not os.path.exists(wal_path(database_path)):
-        return False
     return bool(read_commits(wal_path(database_path), WalPosition()).commits)

@@ -53,6 +53,8 @@ def test_the_database_refuses_bad_options_at_construction():
         S3SqliteDatabase("app.db", storage="memory://x")
     with pytest.raises(ConfigurationError, match="journal_mode"):
         S3SqliteDatabase("app.db", pragmas={"journal_mode": "delete"}, **GOOD)
+    with pytest.raises(ConfigurationError, match="journal_mode"):
+        S3SqliteDatabase("app.db", pragmas={"main.journal_mode": "delete"}, **GOOD)
     with pytest.raises(ConfigurationError, match="memory"):
         S3SqliteDatabase(":memory:", **GOOD)
 

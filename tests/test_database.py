@@ -1,9 +1,14 @@
 """S3SqliteDatabase round trips: every kind of commit is captured and comes back from storage."""
 import os
 import sqlite3
+import threading
+import time
 
 import peewee
 import pytest
+
+from peewee_s3 import restore
+from peewee_s3.errors import PeeweeS3Error
 
 from peewee_s3.storage import open_storage
 
@@ -43,7 +48,6 @@ def test_a_crash_without_shutdown_keeps_what_was_shipped(tmp_path, storage_kwarg
     db = make_db(tmp_path / "a.db", storage_kwargs, sync_mode="sync")
     write_every_kind_of_commit(db)
     # No shutdown: the segments alone must restore every row.
-    from peewee_s3 import restore
     restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
     assert rows_in_file(tmp_path / "r.db") == EXPECTED
     db.shutdown()
@@ -95,7 +99,6 @@ def test_writes_on_the_raw_connection_are_shipped_in_async_mode(tmp_path, storag
     db.create_tables([Note])
     db.connection().execute("INSERT INTO note (body) VALUES ('raw')")
     db.sync()
-    from peewee_s3 import restore
     restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
     assert rows_in_file(tmp_path / "r.db") == ["raw"]
     db.shutdown()
@@ -109,7 +112,6 @@ def test_checkpoints_keep_the_wal_small_and_lose_nothing(tmp_path, storage_kwarg
     wal_size = os.path.getsize(tmp_path / "a.db-wal")
     page = db.execute_sql("PRAGMA page_size").fetchone()[0]
     assert wal_size < 60 * (page + 24)
-    from peewee_s3 import restore
     restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
     assert rows_in_file(tmp_path / "r.db") == [f"{i:03d}" for i in range(200)]
     db.shutdown()
@@ -138,7 +140,6 @@ def test_snapshot_starts_a_new_generation_that_restores_alone(tmp_path, storage_
     Note.create(body="after")
     db.sync()
     assert second != first and db.status()["generation"] == second
-    from peewee_s3 import restore
     state = restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
     assert state.generation == second
     assert rows_in_file(tmp_path / "r.db") == ["after", "before"]
@@ -154,7 +155,6 @@ def test_a_plain_sqlite_file_is_adopted_by_empty_storage(tmp_path, storage_kwarg
     db = make_db(tmp_path / "a.db", storage_kwargs)
     assert bodies(db) == ["existing"]
     db.shutdown()
-    from peewee_s3 import restore
     restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
     assert rows_in_file(tmp_path / "r.db") == ["existing"]
 
@@ -191,3 +191,64 @@ def test_another_spelling_of_the_same_storage_is_the_same_database(tmp_path):
     again = make_db(tmp_path / "a.db", {"storage": f"file://{tmp_path}/store/"})
     assert bodies(again) == ["kept"]
     again.shutdown()
+
+
+def test_a_sync_commit_racing_shutdown_is_shipped_or_raises(tmp_path, storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_mode="sync")
+    db.create_tables([Note])
+    acknowledged, stop = [], threading.Event()
+
+    def commit_until_refused(worker):
+        for i in range(10_000):
+            try:
+                Note.create(body=f"{worker}-{i:05}")
+            except (PeeweeS3Error, peewee.InterfaceError):
+                break
+            acknowledged.append(f"{worker}-{i:05}")
+        db.close()
+
+    workers = [threading.Thread(target=commit_until_refused, args=(w,)) for w in range(3)]
+    for worker in workers:
+        worker.start()
+    while len(acknowledged) < 20:
+        time.sleep(0.01)
+    db.shutdown()
+    for worker in workers:
+        worker.join()
+    restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert set(acknowledged) <= set(rows_in_file(tmp_path / "r.db"))
+
+
+def test_sync_mode_returns_from_statements_that_yield_rows_once_durable(tmp_path, storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_mode="sync",
+                 pragmas={"auto_vacuum": "incremental"})
+    db.create_tables([Note])
+    ids = [Note.insert(body=f"r{i}").returning(Note.id).execute() for i in range(3)]
+    assert [row.id for batch in ids for row in batch] == [1, 2, 3]
+    Note.insert_many([{"body": "x" * 3000}] * 20).execute()
+    Note.delete().where(Note.body == "x" * 3000).execute()
+    db.execute_sql("PRAGMA incremental_vacuum(5)")
+    restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert rows_in_file(tmp_path / "r.db") == ["r0", "r1", "r2"]
+    db.shutdown()
+
+
+def test_a_schema_using_the_apps_own_function_restores_at_connect(tmp_path, storage_kwargs,
+                                                                  caplog):
+    db = make_db(tmp_path / "a.db", storage_kwargs)
+
+    @db.func("pylower", deterministic=True)
+    def pylower(value):
+        return value.lower()
+
+    db.create_tables([Note])
+    db.execute_sql("CREATE UNIQUE INDEX note_lower ON note (pylower(body))")
+    Note.create(body="Hello")
+    db.shutdown()
+    os.remove(tmp_path / "a.db")
+    with caplog.at_level("WARNING", logger="peewee_s3"):
+        assert bodies(db) == ["Hello"]           # connect() restores, checks every index
+    assert "not verified" not in caplog.text
+    with pytest.raises(peewee.IntegrityError):
+        Note.create(body="HELLO")
+    db.shutdown()

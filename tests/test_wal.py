@@ -4,7 +4,9 @@ import sqlite3
 
 import pytest
 
-from peewee_s3.wal import WalPosition, read_ahead, read_commits
+from peewee_s3 import files
+from peewee_s3.wal import (WAL_INDEX_NOTE_SIZE, WalPosition, parse_wal_index, read_ahead,
+                           read_commits)
 
 
 @pytest.fixture
@@ -74,13 +76,9 @@ def test_a_missing_wal_has_no_commits(tmp_path):
 def test_the_wal_index_tells_the_last_commit_frame_and_the_cycle(conn):
     conn.execute("INSERT INTO t VALUES (1)")
     read = read_commits(wal(conn), WalPosition())
-    fd = os.open(wal(conn)[:-4] + "-shm", os.O_RDONLY)
-    try:
-        from peewee_s3.wal import read_wal_index
-        assert read_wal_index(fd) == (read.header.salts, read.position.frames)
-        assert read.commits[-1].end_frame == read.position.frames
-    finally:
-        os.close(fd)
+    index = parse_wal_index(files.pread(wal(conn)[:-4] + "-shm", WAL_INDEX_NOTE_SIZE))
+    assert index == (read.header.salts, read.position.frames)
+    assert read.commits[-1].end_frame == read.position.frames
 
 
 def test_a_read_ahead_is_kept_while_the_wal_stays_in_its_cycle(conn):
