@@ -19,7 +19,7 @@ from peewee import InterfaceError, SqliteDatabase
 
 from .config import Options, log_verbosely
 from .errors import ConfigurationError, PeeweeS3Error
-from .session import Session, open_session
+from .session import Session, join_session, leave_session
 
 log = logging.getLogger("peewee_s3")
 
@@ -118,7 +118,7 @@ class S3SqliteDatabase(SqliteDatabase):
     def _open_session(self) -> Session:
         with self._session_lock:
             if self._session is None:
-                self._session = open_session(self._path, self.options, self._prepare_check)
+                self._session = join_session(self._path, self.options, self._prepare_check)
                 self._shut_down = False
                 atexit.register(self._shutdown_at_exit)
             session = self._session
@@ -137,7 +137,8 @@ class S3SqliteDatabase(SqliteDatabase):
             self._load_window_functions(conn)
 
     def shutdown(self) -> None:
-        """Ship what is pending, take the final snapshot and release the lease.
+        """Ship what is pending, take the final snapshot and release the lease — or, while
+        another database object of this process still uses the file, leave that to it.
 
         Harmless twice, and on a fenced database (it then releases nothing). Also runs at exit.
         If it raises (another connection holds a write transaction, the storage is down), the
@@ -149,10 +150,12 @@ class S3SqliteDatabase(SqliteDatabase):
                 return
             if not self.is_closed() and not self.in_transaction():
                 self.close()
+            left = False
             try:
-                session.shutdown()
+                leave_session(session)
+                left = True
             finally:
-                if session.closed:
+                if left or session.closed:
                     with self._session_lock:
                         self._session, self._shut_down = None, True
                     atexit.unregister(self._shutdown_at_exit)

@@ -5,12 +5,15 @@ file against the storage (DESIGN.md, "Local file versus storage") and starts the
 Closing it ships what is pending, takes the final snapshot and releases the lease; a closing
 that fails for a reason that can pass (a lock held, the storage down) leaves the session open
 to be closed again. It reads the local file only through `files` (stat and pread).
+Database objects of one process on the same file share its one session (`join_session`):
+the last one to leave shuts it down.
 """
 from __future__ import annotations
 
 import logging
 import os
 import sqlite3
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -48,6 +51,7 @@ class Session:
         self.path, self.options, self.storage = path, options, storage
         self.lease, self.replicator = lease, replicator
         self.closed = False
+        self.users = 0  # database objects of this process that joined it; see join_session
 
     def shutdown(self) -> None:
         """Ship, take the final snapshot, release the lease. A fenced writer releases nothing.
@@ -81,6 +85,56 @@ class Session:
             self.closed = True
             r.close_connections()
             self.storage.close()
+
+
+# The sessions open in this process, by the real path of their file; guarded by _shared_lock
+# (held while a session opens, so two objects never both open one).
+_shared: dict = {}
+_shared_lock = threading.Lock()
+
+
+def join_session(path: str, options: Options,
+                 prepare: Optional[Callable[[sqlite3.Connection], None]] = None) -> Session:
+    """The session of this process on `path`, opened by the first database object to ask;
+    every object on the file must name the same storage and database."""
+    key = os.path.realpath(path)
+    with _shared_lock:
+        session = _shared.get(key)
+        if session is None or session.closed:
+            session = _shared[key] = open_session(path, options, prepare)
+        elif _where(session.options) != _where(options):
+            raise ConfigurationError(
+                f"{path} is already replicated by another S3SqliteDatabase of this process to "
+                f"{session.storage.describe()} as {session.options.base_key!r}: a file has one "
+                "storage and database_name. Use the same ones, or another file")
+        session.users += 1
+        return session
+
+
+def leave_session(session: Session) -> None:
+    """A database object is done with `session`; the last one out shuts it down (and if that
+    fails, stays in, so that it can try again)."""
+    with _shared_lock:
+        session.users -= 1
+        if session.users > 0:
+            return
+    try:
+        session.shutdown()
+    except BaseException:
+        if not session.closed:
+            with _shared_lock:
+                session.users += 1
+        raise
+    finally:
+        with _shared_lock:
+            if session.closed and _shared.get(os.path.realpath(session.path)) is session:
+                del _shared[os.path.realpath(session.path)]
+
+
+def _where(options: Options) -> tuple:
+    """What names a replicated database: its storage and key."""
+    return (repr(options.storage), options.base_key, options.storage_root, options.endpoint_url,
+            options.region)
 
 
 def open_session(path: str, options: Options,
