@@ -458,9 +458,14 @@ def restore(*, storage: Any, database_name: str, target: str, timestamp: Any = N
         raise LocalStateError(f"{target} exists: restore refuses to overwrite it. Choose another "
                               "target, or pass overwrite=True to move the old file aside")
     at = parse_time(timestamp) if timestamp is not None else None
-    store = open_storage(opts.storage, **opts.storage_kwargs())
+    layout = Layout(opts.base_key)
     try:
-        return restore_to(store, Layout(opts.base_key), target, at=at, generation=generation,
+        store = open_storage(opts.storage, **opts.storage_kwargs(), create_root=False)
+    except NothingToRestoreError as exc:  # a missing directory: a reader creates none
+        raise NothingToRestoreError(f"no complete generation of {layout.base!r} to restore: "
+                                    f"{exc}") from None
+    try:
+        return restore_to(store, layout, target, at=at, generation=generation,
                           prepare=prepare)
     finally:
         store.close()

@@ -244,6 +244,7 @@ def test_snapshot_uploads_a_local_file_only_when_it_can_take_the_lease(tmp_path,
 def test_errors_are_one_line_without_a_traceback_or_a_secret(tmp_path, moto_endpoint):
     nowhere = Backend({}, [])
     assert "--storage" in failed_with_one_line(run(nowhere, "status"))
+    (tmp_path / "empty").mkdir()
     empty = Backend({}, ["--storage", f"file://{tmp_path}/empty"])
     assert "holds no generation" in failed_with_one_line(run(empty, "generations"))
 

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from ..errors import PeeweeS3Error
 from .logs import library_logs
 from .options import build_options, open_database, secret_values
-from .output import redact, say_error
+from .output import redact, say_error, stdout_closed
 from .parser import build_parser
 from .snapshot import cmd_snapshot, explain_snapshot
 
@@ -22,15 +22,20 @@ __all__ = ["build_parser", "main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one command; returns the exit status (0 done, 1 failed, 130 interrupted)."""
+    """Run one command; returns the exit status (0 done, 1 failed, 130 interrupted, 141 its
+    output closed early)."""
     args = build_parser().parse_args(argv)
     hidden = secret_values(args)
     if args.run is cmd_snapshot and not args.local:
         return explain_snapshot()
     with library_logs(args.verbose):
         try:
-            with open_database(build_options(args)) as db:
-                return args.run(args, db)
+            with open_database(build_options(args), writes=args.run is cmd_snapshot) as db:
+                status = args.run(args, db)
+            sys.stdout.flush()  # what a pipe still buffers: a reader gone shows here, not at exit
+            return status
+        except BrokenPipeError:  # `| head` has read enough: stop quietly, as `cat` would
+            return stdout_closed()
         except KeyboardInterrupt:
             say_error("interrupted", hidden)
             return 130

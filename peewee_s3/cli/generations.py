@@ -33,8 +33,11 @@ def cmd_generations(args: argparse.Namespace, db: StoredDatabase) -> int:
                   byte_size(r["snapshot_size"]) if r["snapshot_size"] is not None else "-",
                   str(r["segments"]) + (" (gap)" if r["gap"] else ""),
                   when(r["first_commit"]), when(r["last_commit"]),
-                  "yes" if r["complete"] else ("META UNREADABLE" if r["problem"] else "no"),
+                  "DAMAGED" if r["problem"] else ("yes" if r["complete"] else "no"),
                   "*" if r["current"] else ""] for r in rows])
+    for r in rows:
+        if r["problem"]:
+            print(f"DAMAGED {r['generation']}: {r['problem']}")
     return 0
 
 
@@ -50,13 +53,28 @@ def _generation_row(db: StoredDatabase, generation: StoredGeneration, current: O
         except (ReplicaCorruptError, ObjectNotFoundError) as exc:
             problem = str(exc)
     snapshot_key = db.layout.snapshot(generation.id)
-    snapshot_size = (generation.meta.size if generation.meta else
-                     next((o.size for o in generation.objects if o.key == snapshot_key), None))
+    stored_size = next((o.size for o in generation.objects if o.key == snapshot_key), None)
+    snapshot_size = generation.meta.size if generation.meta else stored_size
+    problem = problem or _snapshot_problem(generation, snapshot_key, stored_size)
     return {"generation": generation.id, "created_at": generation.created_at,
             "snapshot_size": snapshot_size, "segments": len(seqs),
             "gap": seqs != list(range(1, len(seqs) + 1)), "first_commit": first,
             "last_commit": last, "complete": generation.complete,
             "current": generation.id == current, "size": generation.size, "problem": problem}
+
+
+def _snapshot_problem(generation: StoredGeneration, key: str, stored_size: Optional[int]
+                      ) -> Optional[str]:
+    """What the listing shows wrong with a complete generation's snapshot (a restore of it
+    would fail); segments between the first and the last are read by `verify` only."""
+    if generation.meta is None:
+        return None
+    if stored_size is None:
+        return f"its snapshot {key} is missing: this generation cannot be restored"
+    if stored_size != generation.meta.size:
+        return (f"its snapshot {key} is {stored_size} bytes, its meta says "
+                f"{generation.meta.size}: this generation cannot be restored")
+    return None
 
 
 def read_segment(db: StoredDatabase, generation: str, seq: int) -> Segment:

@@ -32,12 +32,15 @@ class StoredDatabase:
     layout: Layout
 
     def describe(self) -> str:
-        return f"{self.storage.describe()}/{self.layout.base}"
+        return self.storage.describe(self.layout.base)
 
 
 @contextlib.contextmanager
-def open_database(options: Options) -> Iterator[StoredDatabase]:
-    with open_storage(options.storage, **options.storage_kwargs()) as storage:
+def open_database(options: Options, *, writes: bool = False) -> Iterator[StoredDatabase]:
+    """Only a command that `writes` a new database may create a missing local storage
+    directory; the others refuse it (a typo in --storage must leave nothing behind)."""
+    with open_storage(options.storage, **options.storage_kwargs(),
+                      create_root=writes) as storage:
         yield StoredDatabase(options, storage, Layout(options.base_key))
 
 

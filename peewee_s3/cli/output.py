@@ -5,11 +5,13 @@ through `say_error`, which blanks the secrets it is given.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Optional, Sequence
 
 PROG = "peewee-s3"
+EXIT_STDOUT_CLOSED = 128 + 13  # 128 + SIGPIPE: what a shell reports for `cat` in `cat | head`
 
 
 def when(t: Optional[float]) -> str:
@@ -56,3 +58,16 @@ def say_error(message: str, hidden: Sequence[str]) -> None:
     """The one line on stderr that a failed command prints."""
     line = " ".join(redact(message, hidden).split())
     print(f"{PROG}: error: {line}", file=sys.stderr)
+
+
+def stdout_closed() -> int:
+    """The reader of stdout went away (`| head`): print nothing, point stdout at /dev/null so
+    that Python's flush at exit stays quiet too (the Python docs' note on SIGPIPE), and return
+    the status of a command stopped by SIGPIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a descriptor (set by a program): leave it
+        pass
+    return EXIT_STDOUT_CLOSED

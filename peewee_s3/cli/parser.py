@@ -24,7 +24,8 @@ EPILOG = f"""\
 The storage options may also come from the environment: {', '.join(ENV.values())}.
 S3 credentials come from --access-key-id/--secret-access-key, or else from the AWS chain
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, ~/.aws, instance roles).
-Times are printed in UTC. Exit status: 0 done, 1 failed (one line on stderr), 2 bad usage.
+Times are printed in UTC. Exit status: 0 done, 1 failed (one line on stderr), 2 bad usage,
+130 interrupted, 141 stdout closed early (as in `peewee-s3 generations --json | head`).
 
 example:
   export PEEWEE_S3_STORAGE=s3://my-bucket PEEWEE_S3_DATABASE_NAME=orders

@@ -45,6 +45,7 @@ class Storage:
         self._where = where
         self._secrets = tuple(secrets)
         self._owns_fs = owns_fs
+        self._endpoint: Optional[str] = None  # a non-default server, named in `describe`
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._where}>"
@@ -55,8 +56,11 @@ class Storage:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def describe(self) -> str:
-        return self._where
+    def describe(self, key: Optional[str] = None) -> str:
+        """Where the storage, or its object `key`, is, as a user writes it: `file:///srv/x/key`,
+        `s3://bucket/path/key (endpoint http://…)`; never a secret."""
+        where = f"{self._where}/{key}" if key else self._where
+        return f"{where} (endpoint {self._endpoint})" if self._endpoint else where
 
     def read(self, key: str) -> bytes:
         return self.read_tagged(key)[0]

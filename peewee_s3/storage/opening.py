@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from typing import Any, Mapping, Optional, Union
+from urllib.parse import urlsplit
 
 import fsspec
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, NothingToRestoreError
 from .base import CHUNK_SIZE, Storage
 from .local import LocalStorage
 from .other import FsspecStorage
@@ -33,18 +34,22 @@ def open_storage(
     credentials: Optional[Mapping[str, str]] = None,
     storage_options: Optional[Mapping[str, Any]] = None,
     download_streams: Optional[int] = None,
+    create_root: bool = True,
 ) -> Storage:
     """Open the storage named by an fsspec URL, or by a filesystem instance plus `storage_root`.
-    `download_streams`: ranged GETs at once for a large S3 download (None: by endpoint)."""
+    `download_streams`: ranged GETs at once for a large S3 download (None: by endpoint).
+    `create_root`: a writer's storage makes a missing local directory; a reader's
+    (`create_root=False`) refuses it with NothingToRestoreError, so a typo leaves nothing behind.
+    """
     store = _open_storage(storage, storage_root, region, endpoint_url, force_path_style,
-                          credentials, storage_options)
+                          credentials, storage_options, create_root)
     if download_streams is not None and isinstance(store, S3Storage):
         store.download_streams = download_streams
     return store
 
 
 def _open_storage(storage, storage_root, region, endpoint_url, force_path_style, credentials,
-                  storage_options) -> Storage:
+                  storage_options, create_root) -> Storage:
     s3_options = {
         "region": region,
         "endpoint_url": endpoint_url,
@@ -74,8 +79,7 @@ def _open_storage(storage, storage_root, region, endpoint_url, force_path_style,
         )
     for name, value in (storage_options or {}).items():  # the caller's options win, dicts merged
         options[name] = {**options[name], **value} if isinstance(options.get(name), dict) else value
-    where = _safe_url(storage) + (f" (endpoint {endpoint_url})" if endpoint_url else "")
-    return _open_url(storage, protocols, options, where, secrets)
+    return _open_url(storage, protocols, options, secrets, create_root)
 
 
 def _open_filesystem(fs, storage_root, given, storage_options, secrets) -> Storage:
@@ -90,20 +94,52 @@ def _open_filesystem(fs, storage_root, given, storage_options, secrets) -> Stora
     return _storage_class(protocols)(fs, root, where, secrets=secrets, owns_fs=False)
 
 
-def _open_url(url, protocols, options, where, secrets) -> Storage:
+def _open_url(url, protocols, options, secrets, create_root) -> Storage:
     fs = fsspec.filesystem(protocols[0], **options)
     if hasattr(fs, "retries"):
         fs.retries = 1  # s3fs retries on top of botocore's (15 requests for one write): no
     root = fs._strip_protocol(url).rstrip("/")
     if "file" in protocols:
+        where = f"file://{root}"  # root is absolute: file:///srv/x, however the URL spelt it
+        _local_root(root, where, create_root)
+    else:
+        where = _safe_url(url).rstrip("/")
+    return _storage_class(protocols)(fs, root, where, secrets=secrets, owns_fs=True)
+
+
+def _local_root(root: str, where: str, create: bool) -> None:
+    """A writer makes the directory; a reader only checks that it is there."""
+    if create:
         try:
             os.makedirs(root, exist_ok=True)
         except OSError as error:
             raise ConfigurationError(f"cannot create storage directory {root}: {error}") from None
-    return _storage_class(protocols)(fs, root, where, secrets=secrets, owns_fs=True)
+    elif os.path.exists(root) and not os.path.isdir(root):
+        raise ConfigurationError(f"{where} is a file, not a directory: check the storage URL")
+    elif not os.path.isdir(root):
+        raise NothingToRestoreError(
+            f"{where} does not exist, so nothing was ever replicated there: check the storage "
+            "URL; a writer creates the directory when it first connects")
+
+
+def _check_endpoint(endpoint_url: Any) -> None:
+    """botocore takes only http(s) URLs and answers anything else with a bare ValueError."""
+    text = str(endpoint_url)
+    if "://" not in text:
+        suggested = _safe_url(f"http://{text}")
+        raise ConfigurationError(
+            f"endpoint_url {suggested[len('http://'):]!r} has no scheme: write "
+            f"endpoint_url='{suggested}' (or https:// if the server speaks TLS)")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(
+            f"endpoint_url {_safe_url(text)!r} is not an http:// or https:// URL: write it as "
+            "'http://host:port', e.g. endpoint_url='http://127.0.0.1:9000'")
 
 
 def _s3fs_options(region, endpoint_url, force_path_style, credentials) -> dict:
+    if endpoint_url:
+        _check_endpoint(endpoint_url)
     client_kwargs = {"endpoint_url": endpoint_url, "region_name": region}
     # Checksums only where S3 requires them: fewer copies of each part in memory, and servers
     # that reject the newer default checksum headers keep working.

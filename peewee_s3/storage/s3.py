@@ -16,6 +16,7 @@ from fsspec.asyn import sync
 from ..errors import ConfigurationError, ObjectNotFoundError
 from ..ranges import default_streams, download_ranges, worth_it
 from .base import CHUNK_SIZE, Progress, Storage, Tag, _report, _write_local
+from .redaction import _safe_url
 
 STREAM_PIECE = 2**20  # what an S3 download hands to the caller's file at a time
 
@@ -36,6 +37,7 @@ class S3Storage(Storage):
         self._prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         endpoint = getattr(fs, "endpoint_url", None) or fs.client_kwargs.get("endpoint_url")
         self.download_streams = default_streams(endpoint)  # open_storage may set it
+        self._endpoint = _safe_url(endpoint) if endpoint else None
 
     def read_tagged(self, key: str) -> tuple[bytes, Tag]:
         with self._errors(key):
