@@ -11,7 +11,6 @@ import atexit
 import logging
 import os
 import threading
-import time
 from typing import Any, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -19,7 +18,7 @@ from peewee import InterfaceError, SqliteDatabase
 
 from .config import Options, log_verbosely
 from .errors import ConfigurationError, PeeweeS3Error
-from .session import Session, join_session, leave_session
+from .host import HostSession, join_session, leave_session
 
 log = logging.getLogger("peewee_s3")
 
@@ -87,7 +86,7 @@ class S3SqliteDatabase(SqliteDatabase):
             raise ConfigurationError("S3SqliteDatabase needs a file on disk, not ':memory:'")
         self.options = Options(**options) if database else None
         self._path = local_path(database, kwargs.get("uri", False)) if database else None
-        self._session: Optional[Session] = None
+        self._session: Optional[HostSession] = None
         self._session_lock = threading.Lock()   # guards _session and _shut_down
         self._shutdown_lock = threading.Lock()  # one shutdown at a time
         self._shut_down = False
@@ -115,7 +114,7 @@ class S3SqliteDatabase(SqliteDatabase):
         super()._add_conn_hooks(conn)
         conn.execute("PRAGMA wal_autocheckpoint=0")
 
-    def _open_session(self) -> Session:
+    def _open_session(self) -> HostSession:
         with self._session_lock:
             if self._session is None:
                 self._session = join_session(self._path, self.options, self._prepare_check)
@@ -124,7 +123,7 @@ class S3SqliteDatabase(SqliteDatabase):
             session = self._session
         # A new connection to a file deleted or replaced under the session would create or
         # open another file, whose writes would never be shipped.
-        session.replicator.local.check()
+        session.check_file()
         return session
 
     def _prepare_check(self, conn) -> None:
@@ -197,40 +196,33 @@ class S3SqliteDatabase(SqliteDatabase):
             return super().rollback(*args, **kwargs)
         return None
 
-    def _check_writable(self) -> Optional[Session]:
+    def _check_writable(self) -> Optional[HostSession]:
         """Before a write: the session it belongs to (None before the first connection)."""
         session = self._session
         if session is not None:
-            session.replicator.check_writable()
+            session.check_writable()
         elif self._shut_down and not self.is_closed():
             raise InterfaceError("this database was shut down: close() this connection and "
                                  "connect() again to open a new session")
         return session
 
-    def _committed(self, session: Optional[Session]) -> None:
-        if session is None:
-            return
-        replicator = session.replicator
-        replicator.clock.note()
-        ticket = replicator.tickets.issue()
-        if self.options.sync_mode == "sync":
-            replicator.wait_durable(ticket)
-        else:
-            replicator.notify()
+    def _committed(self, session: Optional[HostSession]) -> None:
+        if session is not None:
+            session.committed(self.options.sync_mode == "sync")
 
     # -- operations --------------------------------------------------------------------------
 
     def sync(self) -> None:
         """Ship everything committed so far; returns once it is durable in storage."""
-        self._open_session().replicator.sync()
+        self._open_session().sync()
 
     def snapshot(self) -> str:
         """Start a new generation with a snapshot of the database now; returns its id."""
-        return self._open_session().replicator.start_generation()
+        return self._open_session().snapshot()
 
     def prune(self) -> list:
         """Apply the retention policy now; returns the generations deleted."""
-        return self._open_session().replicator.prune()
+        return self._open_session().prune()
 
     def status(self) -> dict:
         """Where replication stands. Holds no secret."""
@@ -238,29 +230,8 @@ class S3SqliteDatabase(SqliteDatabase):
         if session is None:
             return {"database_name": self.options.database_name if self.options else None,
                     "open": False}
-        r, lease = session.replicator, session.lease
-        s = r.shipped
-        return {
-            "open": True,
-            "database_name": self.options.database_name,
-            "storage": session.storage.describe(),
-            "sync_mode": self.options.sync_mode,
-            "generation": s.generation,
-            "position": {"generation": s.generation, "seq": s.seq},
-            "last_sync": s.last_sync,
-            "seconds_since_sync": None if s.last_sync is None else time.time() - s.last_sync,
-            "pending_commits": r.tickets.pending,
-            "pending_bytes": r.pending_bytes(),
-            "bytes_uploaded": s.bytes_uploaded,
-            "segments_uploaded": s.segments_uploaded,
-            "merged_segments_uploaded": s.merged_uploaded,
-            "commits_uploaded": s.commits_uploaded,
-            "lease": {"holder": lease.record.describe() if lease.record else None,
-                      "epoch": lease.epoch,
-                      "expires_at": lease.record.expires_at if lease.record else None},
-            "fenced": r.fenced is not None,
-            "last_error": str(r.last_error) if r.last_error else None,
-        }
+        return {"open": True, "database_name": self.options.database_name,
+                "sync_mode": self.options.sync_mode, **session.status()}
 
     def __repr__(self) -> str:
         name = self.options.database_name if self.options else None

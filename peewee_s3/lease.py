@@ -1,8 +1,11 @@
 """lease: the one-writer lock, `lock.json`, taken and renewed with conditional writes only.
 
-The lease names its holder (a random id, host, pid), an epoch that grows with every new holder,
-the current generation and when it expires. A holder that finds another id or epoch in
-`lock.json` has lost it: the caller must stop writing (fencing). It never touches SQLite.
+The lease names its holder (a random id, host, pid, local file), an epoch that grows with every
+new holder, the current generation and when it expires. A holder that finds another id or epoch
+in `lock.json` has lost it: the caller must stop writing (fencing). A live lease is taken over
+without waiting for it to expire only when the caller proves its holder gone: same host, same
+local file, whose host lock (host.py) the caller now holds, and a pid no longer running. It
+never touches SQLite.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ class LeaseRecord:
     acquired_at: float
     expires_at: float
     released: bool = False
+    file: Optional[str] = None  # the holder's local database file (its real path)
     format: int = FORMAT
 
     def is_live(self, now: float) -> bool:
@@ -83,8 +87,11 @@ class Lease:
     """
 
     def __init__(self, storage: Storage, key: str, ttl: float, *, force: bool = False,
-                 wait: float = 0.0) -> None:
+                 wait: float = 0.0, local_file: Optional[str] = None) -> None:
+        """`local_file`: the file this holder replicates, given only by a caller that holds
+        that file's host lock (so a holder on this host with this file is gone)."""
         self.storage, self.key, self.ttl, self.force, self.wait = storage, key, ttl, force, wait
+        self.local_file = local_file
         self.holder_id = secrets.token_hex(8)
         self.record: Optional[LeaseRecord] = None
         self.previous: Optional[LeaseRecord] = None
@@ -121,7 +128,7 @@ class Lease:
         except ObjectNotFoundError:
             return self._store(self._new_record(1, None, now), None)
         current = LeaseRecord.from_bytes(data, self.key)
-        if current.is_live(now) and not self.force:
+        if current.is_live(now) and not self.force and not self._holder_gone(current):
             raise LeaseHeldError(
                 f"the lease on {self.storage.describe()}/{self.key} is held by "
                 f"{current.describe()} for {current.expires_at - now:.0f} more seconds. Stop "
@@ -129,6 +136,20 @@ class Lease:
                 "lock_wait=SECONDS to wait, or force_lock=True to take it over (dev only)")
         self.previous = current
         return self._store(self._new_record(current.epoch + 1, current.generation, now), tag)
+
+    def _holder_gone(self, current: LeaseRecord) -> bool:
+        """Whether the live lease's holder provably died: it replicated our file on our host
+        (whose host lock we now hold) and its pid runs no more."""
+        if self.local_file is None or current.file != self.local_file \
+                or current.host != socket.gethostname():
+            return False
+        try:
+            os.kill(current.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return current.pid == os.getpid()
 
     def _let_go_if_stored(self) -> None:
         """Taking the lease failed, but the write may have landed with its answer lost: if
@@ -144,7 +165,7 @@ class Lease:
 
     def _new_record(self, epoch: int, generation: Optional[str], now: float) -> LeaseRecord:
         return LeaseRecord(self.holder_id, socket.gethostname(), os.getpid(), epoch, generation,
-                           now, now + self.ttl)
+                           now, now + self.ttl, file=self.local_file)
 
     def _store(self, record: LeaseRecord, tag: Optional[str]) -> LeaseRecord:
         data = record.to_bytes()

@@ -116,6 +116,10 @@ class Replicator:
         self._last_renewal = time.monotonic()
         self._wal_stat: Optional[tuple] = None
         self.local = LocalFile(path, self.clock)
+        # Told (salts, frames, last snapshot time) whenever more is durable: what other
+        # processes on this file wait on (host.py).
+        self.on_durable: Optional[Callable[[Optional[tuple], int, float], None]] = None
+        self._urgent = False  # another process waits for a shipment: skip the interval
 
     def close_connections(self) -> None:
         self.local.close()
@@ -144,6 +148,16 @@ class Replicator:
         if not self._wake.is_set():  # Event.set() takes a lock and notifies: not per commit
             self._wake.set()
 
+    def request_shipment(self) -> None:
+        """Another process's sync-mode commit waits: ship now, not at the next interval."""
+        self._urgent = True
+        self._wake.set()
+
+    def publish_durable(self) -> None:
+        if self.on_durable is not None:
+            s = self.shipped
+            self.on_durable(s.position.salts, s.position.frames, s.last_snapshot or 0.0)
+
     def _run(self) -> None:
         interval = self.options.sync_interval
         while not self._stop.is_set() and not self.fenced:
@@ -151,9 +165,10 @@ class Replicator:
             if self._stop.is_set():
                 break
             since = time.time() - (self.shipped.last_sync or 0)
-            if since < interval:
+            if since < interval and not self._urgent:
                 self._stop.wait(interval - since)
             self._wake.clear()
+            self._urgent = False
             try:
                 with self._io:
                     self._tick()
@@ -199,6 +214,7 @@ class Replicator:
         if not self.fenced:
             self.fenced = exc
             log.error("%s", exc)
+            self.publish_durable()
         return exc
 
     def check_fenced(self) -> None:
@@ -293,6 +309,7 @@ class Replicator:
         s.commits_uploaded += len(read.commits)
         self.merger.add(segment, len(data))
         self.write_sidecar()
+        self.publish_durable()
         log.info("shipped %d commits of %s as %s (%d bytes)", len(read.commits),
                  self.layout.base, key, len(data))
 
@@ -359,14 +376,21 @@ class Replicator:
         if truncation.emptied or truncation.folded:
             self.shipped.position, self.shipped.cycle = WalPosition(), None
         self._folded = self._folded or truncation.folded
+        if truncation.emptied:
+            self.publish_durable()
         return truncation.emptied
 
-    def finish(self) -> None:
+    def finish(self, hand_over: bool = False) -> None:
         """The end of a session: ship everything, take the final snapshot, empty the WAL, and
         leave a sidecar that describes the file. Commits made meanwhile are shipped too (or,
-        folded into the file, snapshotted); a sync-mode commit after this raises."""
+        folded into the file, snapshotted); a sync-mode commit after this raises.
+        `hand_over`: other processes go on using the file (and one of them replicates next):
+        ship, and leave the WAL and the file to them."""
         with self._io:
             self.ship()
+            if hand_over:
+                self.closed = True
+                return
             if self.shipped.seq > 0:
                 self.start_generation()
             for _ in range(FINISH_ATTEMPTS):
@@ -426,6 +450,7 @@ class Replicator:
             self._prune_due = True
             self.write_sidecar()
             self.tickets.mark_shipped(through)
+            self.publish_durable()
             log.info("started generation %s of %s with a %d-byte snapshot", generation,
                      self.layout.base, meta.size)
             return generation

@@ -5,15 +5,17 @@ file against the storage (DESIGN.md, "Local file versus storage") and starts the
 Closing it ships what is pending, takes the final snapshot and releases the lease; a closing
 that fails for a reason that can pass (a lock held, the storage down) leaves the session open
 to be closed again. It reads the local file only through `files` (stat and pread).
-Database objects of one process on the same file share its one session (`join_session`):
-the last one to leave shuts it down.
+The caller holds the file's host lock (host.py): no other process of this host replicates it,
+so a lease held by a dead process for this very file is taken over at once, and the file is
+newer than anything such a holder stored.
 """
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sqlite3
-import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -51,9 +53,59 @@ class Session:
         self.path, self.options, self.storage = path, options, storage
         self.lease, self.replicator = lease, replicator
         self.closed = False
-        self.users = 0  # database objects of this process that joined it; see join_session
+        self.role = "replicator"
 
-    def shutdown(self) -> None:
+    # -- what a database object asks of its session (the same of host.Member) ---------------
+
+    def check_file(self) -> None:
+        self.replicator.local.check()
+
+    def check_writable(self) -> None:
+        self.replicator.check_writable()
+
+    def committed(self, sync: bool) -> None:
+        """A commit of this process returned: note its time; in sync mode, return once it
+        is durable (or raise)."""
+        r = self.replicator
+        r.clock.note()
+        ticket = r.tickets.issue()
+        if sync:
+            r.wait_durable(ticket)
+        else:
+            r.notify()
+
+    def sync(self) -> None:
+        self.replicator.sync()
+
+    def snapshot(self) -> str:
+        return self.replicator.start_generation()
+
+    def prune(self) -> list:
+        return self.replicator.prune()
+
+    def status(self) -> dict:
+        r, lease, s = self.replicator, self.lease, self.replicator.shipped
+        return {
+            "storage": self.storage.describe(),
+            "role": self.role,
+            "generation": s.generation,
+            "position": {"generation": s.generation, "seq": s.seq},
+            "last_sync": s.last_sync,
+            "seconds_since_sync": None if s.last_sync is None else time.time() - s.last_sync,
+            "pending_commits": r.tickets.pending,
+            "pending_bytes": r.pending_bytes(),
+            "bytes_uploaded": s.bytes_uploaded,
+            "segments_uploaded": s.segments_uploaded,
+            "merged_segments_uploaded": s.merged_uploaded,
+            "commits_uploaded": s.commits_uploaded,
+            "lease": {"holder": lease.record.describe() if lease.record else None,
+                      "epoch": lease.epoch,
+                      "expires_at": lease.record.expires_at if lease.record else None},
+            "fenced": r.fenced is not None,
+            "last_error": str(r.last_error) if r.last_error else None,
+        }
+
+    def shutdown(self, hand_over: bool = False) -> None:
         """Ship, take the final snapshot, release the lease. A fenced writer releases nothing.
         If the local file is gone, what was shipped stays the stored state: the lease is
         released and LocalStateError says so. Any other failure leaves the session open (the
@@ -62,7 +114,7 @@ class Session:
         r.stop()
         try:
             if not r.fenced:
-                r.finish()
+                r.finish(hand_over)
         except (LeaseLostError, PreconditionFailedError):
             log.warning("%s was taken over before shutdown: released nothing", r.layout.base)
         except LocalStateError:
@@ -87,56 +139,6 @@ class Session:
             self.storage.close()
 
 
-# The sessions open in this process, by the real path of their file; guarded by _shared_lock
-# (held while a session opens, so two objects never both open one).
-_shared: dict = {}
-_shared_lock = threading.Lock()
-
-
-def join_session(path: str, options: Options,
-                 prepare: Optional[Callable[[sqlite3.Connection], None]] = None) -> Session:
-    """The session of this process on `path`, opened by the first database object to ask;
-    every object on the file must name the same storage and database."""
-    key = os.path.realpath(path)
-    with _shared_lock:
-        session = _shared.get(key)
-        if session is None or session.closed:
-            session = _shared[key] = open_session(path, options, prepare)
-        elif _where(session.options) != _where(options):
-            raise ConfigurationError(
-                f"{path} is already replicated by another S3SqliteDatabase of this process to "
-                f"{session.storage.describe()} as {session.options.base_key!r}: a file has one "
-                "storage and database_name. Use the same ones, or another file")
-        session.users += 1
-        return session
-
-
-def leave_session(session: Session) -> None:
-    """A database object is done with `session`; the last one out shuts it down (and if that
-    fails, stays in, so that it can try again)."""
-    with _shared_lock:
-        session.users -= 1
-        if session.users > 0:
-            return
-    try:
-        session.shutdown()
-    except BaseException:
-        if not session.closed:
-            with _shared_lock:
-                session.users += 1
-        raise
-    finally:
-        with _shared_lock:
-            if session.closed and _shared.get(os.path.realpath(session.path)) is session:
-                del _shared[os.path.realpath(session.path)]
-
-
-def _where(options: Options) -> tuple:
-    """What names a replicated database: its storage and key."""
-    return (repr(options.storage), options.base_key, options.storage_root, options.endpoint_url,
-            options.region)
-
-
 def open_session(path: str, options: Options,
                  prepare: Optional[Callable[[sqlite3.Connection], None]] = None) -> Session:
     """`prepare` registers the app's functions and collations on the connection that checks
@@ -147,7 +149,7 @@ def open_session(path: str, options: Options,
         origin = _origin(storage, layout)
         _check_conditional_writes(storage, layout, options)
         lease = Lease(storage, layout.lock, options.lock_ttl, force=options.force_lock,
-                      wait=options.lock_wait)
+                      wait=options.lock_wait, local_file=os.path.realpath(path))
         lease.acquire()
         log.info("took the lease on %s (epoch %d)", layout.base, lease.epoch)
         try:
@@ -222,6 +224,10 @@ def _settle_local_file(path: str, storage: Storage, layout: Layout, lease: Lease
             "proved to be a state of it. Move the file away to restore from storage, or use "
             "another database_name to replicate this file as a new database")
     end = (segment_seqs(storage, layout, meta.generation) or [0])[-1]
+    if _replicated_here(lease, path) and sidecar.generation == meta.generation:
+        # Its last holder shipped from this very file and died: nothing it stored is newer
+        # than the file (other processes may have committed more to it since).
+        return Plan(False, meta.generation, end)
     if sidecar.generation == meta.generation and sidecar.seq == end:
         if (_wal_matches(path, sidecar) and sidecar.describes(path)
                 and _clean_handover(lease, meta.generation)):
@@ -273,6 +279,13 @@ def _restore(path: str, storage: Storage, layout: Layout, lease: Lease, meta,
     state = restore_to(storage, layout, path, generation=meta.generation, prepare=prepare)
     return Plan(_clean_handover(lease, state.generation), state.generation, state.seq,
                 meta.created_at)
+
+
+def _replicated_here(lease: Lease, path: str) -> bool:
+    """Whether the last lease holder replicated this file on this host, without releasing."""
+    previous = lease.previous
+    return bool(previous and not previous.released and previous.file == os.path.realpath(path)
+                and previous.host == socket.gethostname())
 
 
 def _clean_handover(lease: Lease, generation: str) -> bool:

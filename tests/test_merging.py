@@ -172,7 +172,7 @@ def test_a_new_generation_is_judged_by_what_a_restore_reads(storage_kwargs, merg
         return (sum(stored[k] for k in spans)
                 + sum(size for k, size in stored.items() if (Layout.segment_seq(k) or 0) > end))
 
-    shipped = db._session.replicator.shipped
+    shipped = db._session.role.replicator.shipped
     deadline = time.monotonic() + 10
     while shipped.generation_bytes != restore_reads() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -138,7 +138,7 @@ def pause_past_the_lease(tmp_path, storage_kwargs, mode, seed=0):
         b.connect()
         for n in range(1_000_001, 1_000_006):
             b.execute_sql(f"INSERT INTO {TABLE} (n, pid) VALUES (?, 0)", (n,))
-        b_holder = b._session.lease.holder_id
+        b_holder = b._session.role.lease.holder_id
         b_epoch = b.status()["lease"]["epoch"]
         keys_at_takeover = stored_keys(storage_kwargs, f"{NAME}/")
         metas_at_takeover = complete_metas(storage_kwargs)

@@ -5,6 +5,7 @@ import time
 import pytest
 
 from peewee_s3 import restore
+from peewee_s3.host import LOCK_SUFFIX, MEMBERS_SUFFIX, STATE_SUFFIX
 from peewee_s3.errors import LocalStateError, NothingToRestoreError, ReplicaCorruptError
 from peewee_s3.storage import open_storage
 
@@ -46,7 +47,8 @@ def test_a_flipped_byte_is_refused_and_the_target_left_alone(tmp_path, storage_k
         restore(target=str(target), database_name=NAME, overwrite=True, **storage_kwargs)
     assert target.read_bytes() == b"the user's own file"
     left = {p.name for p in tmp_path.iterdir()} - {"store"}
-    assert left == {"a.db", "a.db-shm", "a.db-wal", "a.db.peewee-s3.json", "r.db"}
+    assert left == {"a.db", "a.db-shm", "a.db-wal", "a.db.peewee-s3.json", "r.db",
+                    *(f"a.db{suffix}" for suffix in (LOCK_SUFFIX, MEMBERS_SUFFIX, STATE_SUFFIX))}
 
 
 def flip_a_bit_of(storage_kwargs, key, field):

@@ -83,7 +83,7 @@ def test_a_whole_session_logs_and_shows_no_secret(tmp_path, moto_kwargs, logs):
     Note.create(body="one")
     db.sync()
     db.snapshot()
-    shown = [repr(db), db.status(), repr(db.options), repr(db._session.storage)]
+    shown = [repr(db), db.status(), repr(db.options), repr(db._session.role.storage)]
     db.shutdown()
     shown.append(db.status())
     restore(target=str(tmp_path / "r.db"), database_name=NAME, **moto_kwargs)

@@ -147,7 +147,8 @@ def test_a_uri_names_the_file_it_opens(tmp_path, storage):
     db.create_tables([Note])
     Note.create(body="uri")
     db.shutdown()
-    assert sorted(os.listdir(tmp_path)) == ["a.db", "a.db.peewee-s3.json", "store"]
+    names = os.listdir(tmp_path)
+    assert "a.db" in names and not [name for name in names if "file:" in name or "?" in name]
     assert restored(tmp_path, storage) == ["uri"]
 
 

@@ -1,0 +1,467 @@
+"""host: the processes of one machine on one database file — which one replicates, and how the
+others' commits become durable.
+
+The first process to take the file's host lock (`<file>.peewee-s3.lock`, an flock the kernel
+drops when its holder dies) opens the replica session (session.py: the storage lease, the
+replicator). Every other process is a member: it writes through SQLite as usual, and the
+replicator ships whatever lands in the WAL. After each shipment the replicator publishes what is
+durable in `<file>.peewee-s3.state`; a member's sync-mode commit wakes it (a datagram socket)
+and waits until that state covers the commit. Members keep trying the host lock, so when the
+replicating process dies another takes over within a fraction of a second. Database objects of
+one process share one HostSession (`join_session`). The protocol is in docs/HOSTS.md.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+from . import files
+from .config import Options
+from .errors import (ConfigurationError, LeaseHeldError, LeaseLostError, LocalStateError,
+                     PeeweeS3Error, SessionClosedError, StorageError)
+from .localfile import file_identity
+from .session import Session, open_session
+from .wal import WAL_INDEX_NOTE_SIZE, parse_wal_index
+
+log = logging.getLogger("peewee_s3")
+
+LOCK_SUFFIX = ".peewee-s3.lock"        # exclusive: the replicating process holds it
+MEMBERS_SUFFIX = ".peewee-s3.members"  # shared: every process with the file open holds it
+STATE_SUFFIX = ".peewee-s3.state"      # what is durable, written by the replicating process
+TAKEOVER_EVERY = 0.2     # seconds between a member's tries of the host lock
+READY_WAIT = 60.0        # seconds a new process waits for the replicating one to be ready
+DURABLE_WAIT = 120.0     # seconds a member's sync commit waits for the replicator at most
+DONE_KEPT = 64           # WAL cycles the state remembers as wholly durable
+
+
+@dataclass
+class HostState:
+    """`<file>.peewee-s3.state`: durable are the frames up to `frames` of the WAL cycle `salts`,
+    every frame of the cycles in `done`, and every commit made before `snapshot_at` (the last
+    snapshot's moment). `ready`: the session is open; `fenced`: it lost the lease."""
+
+    pid: int
+    session: str
+    ready: bool = False
+    salts: Optional[list] = None
+    frames: int = 0
+    done: list = field(default_factory=list)
+    snapshot_at: float = 0.0
+    fenced: Optional[str] = None
+
+    def covers(self, salts: Optional[tuple], frame: int, committed_at: float) -> bool:
+        if not self.ready:
+            return False
+        if committed_at < self.snapshot_at:
+            return True
+        if salts is None:
+            return False
+        if self.salts is not None and tuple(self.salts) == tuple(salts):
+            return self.frames >= frame
+        return list(salts) in self.done
+
+
+def read_state(database_path: str) -> Optional[HostState]:
+    try:
+        with open(database_path + STATE_SUFFIX, "rb") as f:
+            return HostState(**json.load(f))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def _write_state(database_path: str, state: HostState) -> None:
+    """Replace the state file at once (temp file + rename). A failure is logged, not raised:
+    members then wait longer, and nothing stored depends on it."""
+    temp = f"{database_path}{STATE_SUFFIX}.{os.getpid()}.tmp"
+    try:
+        with open(temp, "w") as f:
+            json.dump(asdict(state), f)
+        os.replace(temp, database_path + STATE_SUFFIX)
+    except OSError as exc:
+        log.warning("could not write %s%s: %s", database_path, STATE_SUFFIX, exc)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wal_end(database_path: str) -> tuple:
+    """(salts, last committed frame) of the WAL now, from the wal-index in `-shm`."""
+    for _ in range(1000):
+        index = parse_wal_index(files.pread(database_path + "-shm", WAL_INDEX_NOTE_SIZE))
+        if index is not None:
+            return index
+        time.sleep(0.0001)  # a writer is updating the header: its two copies disagree
+    return None, 0
+
+
+class _Doorbell:
+    """A datagram socket named after the file (Linux's abstract namespace: no file, gone with
+    its process): members ring it, the replicating process listens. Elsewhere it is silent and
+    the replicator ships at its sync_interval."""
+
+    def __init__(self, database_path: str) -> None:
+        digest = hashlib.sha256(os.path.realpath(database_path).encode()).hexdigest()[:32]
+        self.address = b"\0peewee-s3-" + digest.encode()
+        self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sender.setblocking(False)
+        self._listener: Optional[socket.socket] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def ring(self, urgent: bool) -> None:
+        try:
+            self._sender.sendto(b"s" if urgent else b"a", self.address)
+        except OSError:
+            pass  # nobody listens (yet), or its queue is full: it ships at its interval anyway
+
+    def listen(self, on_ring: Callable[[bool], None]) -> None:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            listener.bind(self.address)
+        except OSError as exc:
+            listener.close()
+            log.debug("no doorbell for members (%s): they wait for sync_interval", exc)
+            return
+        listener.settimeout(0.5)
+        self._listener = listener
+
+        def serve() -> None:
+            while self._listener is listener:
+                try:
+                    data = listener.recv(64)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                on_ring(b"s" in data)
+
+        self._thread = threading.Thread(target=serve, name="peewee-s3 doorbell", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        if self._thread is not None:
+            self._thread.join()
+        self._sender.close()
+
+
+class Member:
+    """A process that writes the file while another one replicates it."""
+
+    role = "member"
+
+    def __init__(self, host: "HostSession") -> None:
+        self.host = host
+        self.identity = file_identity(host.path)
+
+    def check_file(self) -> None:
+        if file_identity(self.host.path) != self.identity:
+            raise LocalStateError(
+                f"{self.host.path} was deleted or replaced while it was open: what was "
+                "committed to it since is not in storage. Call shutdown(), then connect() again")
+
+    def check_writable(self) -> None:
+        self.check_file()
+        state = read_state(self.host.path)
+        if state is not None and state.fenced:
+            raise LeaseLostError(state.fenced)
+
+    def committed(self, sync: bool) -> None:
+        if sync:
+            self.host.wait_durable()
+        else:
+            self.host.doorbell.ring(urgent=False)
+
+    def sync(self) -> None:
+        self.host.wait_durable()
+
+    def snapshot(self) -> str:
+        raise self._not_here("db.snapshot()")
+
+    def prune(self) -> list:
+        raise self._not_here("db.prune()")
+
+    def _not_here(self, what: str) -> PeeweeS3Error:
+        state = read_state(self.host.path)
+        return PeeweeS3Error(
+            f"{what} runs in the process that replicates {self.host.path} (pid "
+            f"{state.pid if state else '?'}), not in this one: call it there, or use the "
+            "peewee-s3 command")
+
+    def status(self) -> dict:
+        state = read_state(self.host.path)
+        return {"role": self.role, "replicator_pid": state.pid if state else None,
+                "wal_position_durable": {"salts": state.salts, "frames": state.frames}
+                if state else None, "fenced": bool(state and state.fenced)}
+
+    def shutdown(self, hand_over: bool = False) -> None:
+        self.host.doorbell.ring(urgent=False)
+
+
+class HostSession:
+    """This process's part in replicating one file: its replicator, or a member."""
+
+    def __init__(self, path: str, options: Options,
+                 prepare: Optional[Callable[[sqlite3.Connection], None]] = None) -> None:
+        self.path, self.options, self.prepare = path, options, prepare
+        self.users = 0       # database objects of this process using it (join_session)
+        self.closed = False
+        self.doorbell = _Doorbell(path)
+        self._created = [suffix for suffix in (LOCK_SUFFIX, MEMBERS_SUFFIX)
+                         if not os.path.exists(path + suffix)]
+        self._lock_fd = os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._members_fd = os.open(path + MEMBERS_SUFFIX,
+                                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(self._members_fd, fcntl.LOCK_SH)
+        self._role = None    # a Session (this process replicates) or a Member
+        self._state: Optional[HostState] = None  # what we publish, when we replicate
+        self._stop = threading.Event()
+        self._watcher: Optional[threading.Thread] = None
+
+    # -- opening -------------------------------------------------------------------------
+
+    def open(self) -> "HostSession":
+        deadline = time.monotonic() + self.options.lock_wait + READY_WAIT
+        while True:
+            if self._take_host_lock():
+                self._replicate()
+                return self
+            state = read_state(self.path)
+            if state is not None and state.ready and _alive(state.pid):
+                self._role = Member(self)
+                self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                                 name=f"peewee-s3 member {self.path}")
+                self._watcher.start()
+                log.info("%s is replicated by process %d: this one writes as a member",
+                         self.path, state.pid)
+                return self
+            if time.monotonic() > deadline:
+                raise LeaseHeldError(
+                    f"another process holds the host lock of {self.path} but has not opened "
+                    f"its replica session in {READY_WAIT:.0f} s: see its log (it may wait for "
+                    "the lease or the storage), or stop it")
+            time.sleep(0.05)
+
+    def _take_host_lock(self) -> bool:
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def _replicate(self) -> None:
+        self._state = HostState(os.getpid(), secrets.token_hex(8))
+        try:
+            session = open_session(self.path, self.options, self.prepare)
+        except BaseException:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            raise
+        replicator = session.replicator
+        replicator.on_durable = self._publish
+        self._state.ready = True
+        replicator.publish_durable()
+        self.doorbell.listen(lambda urgent: replicator.request_shipment() if urgent
+                             else replicator.notify())
+        self._role = session
+
+    def _publish(self, salts: Optional[tuple], frames: int, snapshot_at: float) -> None:
+        """Called by the replicator whenever more is durable (under its I/O lock)."""
+        state = self._state
+        if state.salts is not None and list(salts or ()) != state.salts:
+            state.done = (state.done + [state.salts])[-DONE_KEPT:]
+        state.salts = list(salts) if salts else None
+        state.frames, state.snapshot_at = frames, snapshot_at
+        fenced = self._role.replicator.fenced if isinstance(self._role, Session) else None
+        state.fenced = str(fenced) if fenced else None
+        _write_state(self.path, state)
+
+    def _watch(self) -> None:
+        """A member's thread: take over replication as soon as the host lock is free."""
+        while not self._stop.wait(TAKEOVER_EVERY):
+            if not self._take_host_lock():
+                continue
+            try:
+                self._replicate()
+                log.warning("the process replicating %s is gone: this one (pid %d) replicates "
+                            "it now", self.path, os.getpid())
+                return
+            except (PeeweeS3Error, OSError, sqlite3.Error) as exc:
+                log.error("could not take over replicating %s, will retry: %s", self.path, exc)
+
+    # -- what a database object asks -----------------------------------------------------
+
+    @property
+    def role(self):
+        return self._role
+
+    def check_file(self) -> None:
+        self._role.check_file()
+
+    def check_writable(self) -> None:
+        self._role.check_writable()
+
+    def committed(self, sync: bool) -> None:
+        self._role.committed(sync)
+
+    def sync(self) -> None:
+        self._role.sync()
+
+    def snapshot(self) -> str:
+        return self._role.snapshot()
+
+    def prune(self) -> list:
+        return self._role.prune()
+
+    def status(self) -> dict:
+        return self._role.status()
+
+    def wait_durable(self) -> None:
+        """Return once everything this process committed so far is durable (published in the
+        state by whichever process replicates), or raise."""
+        committed_at = time.time()
+        salts, frame = wal_end(self.path)
+        self.doorbell.ring(urgent=True)
+        deadline, rung = time.monotonic() + DURABLE_WAIT, time.monotonic()
+        pause = 0.0005
+        while True:
+            state = read_state(self.path)
+            if state is not None and state.covers(salts, frame, committed_at):
+                return
+            if state is not None and state.fenced:
+                raise LeaseLostError(state.fenced)
+            if self.closed:
+                raise SessionClosedError(
+                    f"{self.path} was shut down while this commit was made: it stands in the "
+                    "local file, and the process that replicates it next ships it")
+            now = time.monotonic()
+            if now > deadline:
+                raise StorageError(
+                    f"no process shipped the commit to {self.path} within {DURABLE_WAIT:.0f} "
+                    "s: the commit stands in the local file. Check the replicating process "
+                    "(its status() and log)")
+            if now - rung > 0.5:
+                self.doorbell.ring(urgent=True)
+                rung = now
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+
+    # -- closing -------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Leave: a replicator ships and releases the lease (leaving the WAL and the file to
+        the other processes, if any, one of which takes over), a member just goes."""
+        self._stop.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join()
+        role = self._role
+        if isinstance(role, Session):
+            others = not self._alone()
+            try:
+                role.shutdown(hand_over=others)
+            finally:
+                if role.closed:
+                    self._state.ready = False
+                    _write_state(self.path, self._state)
+                    self._close()
+            return
+        role.shutdown()
+        self._close()
+
+    def _alone(self) -> bool:
+        try:
+            fcntl.flock(self._members_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def abandon(self) -> None:
+        """Opening failed: close, and if no other process has the file open, remove the host
+        files it created — a connect that failed leaves the directory as it found it."""
+        if self._take_host_lock() and self._alone():
+            for suffix in self._created:
+                try:
+                    os.unlink(self.path + suffix)
+                except FileNotFoundError:
+                    pass
+        self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        self.doorbell.close()
+        os.close(self._members_fd)
+        os.close(self._lock_fd)
+
+
+# The host sessions open in this process, by the real path of their file; guarded by
+# _shared_lock (held while one opens, so that two objects never both open one).
+_shared: dict = {}
+_shared_lock = threading.Lock()
+
+
+def join_session(path: str, options: Options,
+                 prepare: Optional[Callable[[sqlite3.Connection], None]] = None) -> HostSession:
+    """This process's session on `path`, opened by the first database object to ask; every
+    object on the file must name the same storage and database."""
+    key = os.path.realpath(path)
+    with _shared_lock:
+        host = _shared.get(key)
+        if host is None or host.closed:
+            host = HostSession(path, options, prepare)
+            try:
+                host.open()
+            except BaseException:
+                host.abandon()
+                raise
+            _shared[key] = host
+        elif _where(host.options) != _where(options):
+            raise ConfigurationError(
+                f"{path} is already replicated by another S3SqliteDatabase of this process as "
+                f"{host.options.base_key!r} in another storage or name: a file has one storage "
+                "and database_name. Use the same ones, or another file")
+        host.users += 1
+        return host
+
+
+def leave_session(host: HostSession) -> None:
+    """A database object is done with `host`; the last one out shuts it down (and if that
+    fails, stays in, so that it can try again)."""
+    with _shared_lock:
+        host.users -= 1
+        if host.users > 0:
+            return
+    try:
+        host.shutdown()
+    except BaseException:
+        if not host.closed:
+            with _shared_lock:
+                host.users += 1
+        raise
+    finally:
+        with _shared_lock:
+            key = os.path.realpath(host.path)
+            if host.closed and _shared.get(key) is host:
+                del _shared[key]
+
+
+def _where(options: Options) -> tuple:
+    """What names a replicated database: its storage and key."""
+    return (repr(options.storage), options.base_key, options.storage_root, options.endpoint_url,
+            options.region)
