@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
+from typing import Optional
 
 from . import files
 from .wal import WAL_INDEX_NOTE_SIZE, parse_wal_index
@@ -34,6 +35,11 @@ class CommitClock:
             return
         with self._lock:
             self._notes.append((now, header))
+
+    def oldest(self) -> Optional[float]:
+        """The time of the oldest commit noted and not read by the replicator yet."""
+        with self._lock:
+            return self._notes[0][0] if self._notes else None
 
     def times(self, commits: list, salts: tuple, read_at: float) -> list:
         """The commit time of each of `commits` (WAL cycle `salts`), read at `read_at` under

@@ -14,6 +14,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -103,6 +104,7 @@ class Replicator:
         self.clock = CommitClock(path)
         self.fenced: Optional[LeaseLostError] = None
         self.last_error: Optional[Exception] = None
+        self.errors: Counter = Counter()  # the background thread's failures, by exception name
         # `_io` serialises every step that reads the WAL or talks to storage: the thread's loop,
         # sync-mode commits shipping their own pages, db.sync(), db.snapshot() and shutdown.
         self._io = threading.RLock()
@@ -179,6 +181,7 @@ class Replicator:
                 break
             except (PeeweeS3Error, sqlite3.Error, OSError) as exc:
                 self.last_error = exc
+                self.errors[type(exc).__name__] += 1
                 log.warning("replication of %s failed, will retry: %s", self.layout.base, exc)
                 self._stop.wait(interval)
 
@@ -474,6 +477,15 @@ class Replicator:
         s.generation, s.seq, s.last_snapshot = generation, seq, created_at
         self.merger.reset()
         self.write_sidecar()
+
+    def oldest_pending(self) -> Optional[float]:
+        """The commit time of the oldest commit not durable yet (None if none is pending)."""
+        if not self.tickets.pending:
+            return None
+        unsent = self._unsent
+        times = [t for t in (unsent[0].times[:1] if unsent else [])] + [self.clock.oldest()]
+        times = [t for t in times if t is not None]
+        return min(times) if times else time.time()
 
     def pending_bytes(self) -> int:
         """WAL bytes written after the position shipped (an estimate: frames, not pages)."""

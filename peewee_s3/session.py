@@ -103,6 +103,9 @@ class Session:
                       "expires_at": lease.record.expires_at if lease.record else None},
             "fenced": r.fenced is not None,
             "last_error": str(r.last_error) if r.last_error else None,
+            "errors": dict(r.errors),
+            "oldest_pending_commit": r.oldest_pending(),
+            "last_snapshot": s.last_snapshot,
         }
 
     def shutdown(self, hand_over: bool = False) -> None:
