@@ -5,10 +5,11 @@ Credentials are kept out of its repr.
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from .errors import ConfigurationError
 
@@ -102,6 +103,24 @@ class Options:
                     endpoint_url=self.endpoint_url, force_path_style=self.force_path_style,
                     credentials=self.credentials, storage_options=self.storage_options,
                     download_streams=self.download_streams)
+
+
+# What sqlite3.connect() takes besides the file name (peewee passes unknown options to it).
+SQLITE_CONNECT_OPTIONS = ("timeout", "detect_types", "isolation_level", "check_same_thread",
+                          "factory", "cached_statements", "uri", "autocommit")
+
+
+def reject_unknown(names: Iterable[str], known: Iterable[str]) -> None:
+    """ConfigurationError for the first of `names` that is not in `known`, naming the closest
+    known one (a typo must not reach sqlite3.connect after the lease is taken)."""
+    known = sorted(set(known))
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigurationError(
+                f"{name!r} is not an option of S3SqliteDatabase: {hint}The options are "
+                "listed in the README (Options), besides peewee's own")
 
 
 def log_verbosely() -> None:

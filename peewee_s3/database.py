@@ -8,15 +8,16 @@ replicator (to the session that was open when the write began, so that a commit 
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import os
 import threading
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from peewee import InterfaceError, SqliteDatabase
+from peewee import Database, InterfaceError, SqliteDatabase
 
-from .config import Options, log_verbosely
+from .config import SQLITE_CONNECT_OPTIONS, Options, log_verbosely, reject_unknown
 from .errors import ConfigurationError, PeeweeS3Error
 from .host import HostSession, join_session, leave_session
 
@@ -24,6 +25,11 @@ log = logging.getLogger("peewee_s3")
 
 _OUR_PRAGMAS = {"journal_mode", "wal_autocheckpoint"}
 _OPTION_NAMES = [name for name in Options.__dataclass_fields__]
+# Everything else init() may be given: peewee's own options, then sqlite3.connect()'s.
+_PEEWEE_NAMES = {name for method in (SqliteDatabase.__init__, SqliteDatabase.init,
+                                     Database.__init__, Database.init)
+                 for name in inspect.signature(method).parameters} | set(SQLITE_CONNECT_OPTIONS)
+_UNSET: Any = object()
 
 
 def _is_read(sql: str) -> bool:
@@ -79,7 +85,27 @@ class S3SqliteDatabase(SqliteDatabase):
     (storage, database_name, sync_mode, …). See the README for the whole table.
     """
 
+    def __init__(
+            self, database: Optional[str], *, storage: Any = _UNSET,
+            database_name: Optional[str] = _UNSET, storage_root: Optional[str] = _UNSET,
+            key_prefix: Optional[str] = _UNSET, region: Optional[str] = _UNSET,
+            endpoint_url: Optional[str] = _UNSET, force_path_style: bool = _UNSET,
+            credentials: Optional[Mapping[str, str]] = _UNSET,
+            storage_options: Optional[Mapping[str, Any]] = _UNSET, sync_mode: str = _UNSET,
+            sync_interval: float = _UNSET, snapshot_interval: float = _UNSET,
+            lock_ttl: float = _UNSET, lock_wait: float = _UNSET, force_lock: bool = _UNSET,
+            checkpoint_frames: int = _UNSET, retention_generations: int = _UNSET,
+            retention_age: Optional[float] = _UNSET, unsafe_storage: bool = _UNSET,
+            download_streams: Optional[int] = _UNSET, verbose: bool = _UNSET,
+            **kwargs: Any) -> None:
+        """The options of `peewee_s3.config.Options` (README, Options), spelt out for editors;
+        the defaults are Options'. Anything else goes to peewee's SqliteDatabase."""
+        given = {name: value for name, value in locals().items()
+                 if name in _OPTION_NAMES and value is not _UNSET}
+        super().__init__(database, **given, **kwargs)
+
     def init(self, database: Optional[str], **kwargs: Any) -> None:
+        reject_unknown(kwargs, [*_OPTION_NAMES, *_PEEWEE_NAMES])
         options = {name: kwargs.pop(name) for name in _OPTION_NAMES if name in kwargs}
         self._check_pragmas(kwargs.get("pragmas", getattr(self, "_pragmas", None)))
         if database == ":memory:" or (database and database.startswith("file::memory")):

@@ -1,4 +1,6 @@
 """Options: each bad option raises ConfigurationError naming it and what is allowed."""
+import inspect
+
 import pytest
 
 from peewee_s3 import S3SqliteDatabase
@@ -80,3 +82,28 @@ def test_bad_retention_is_refused(changes, words):
 
 def test_retention_age_none_keeps_everything():
     assert Options(**GOOD, retention_age=None).retention_age is None
+
+
+def test_an_option_with_a_typo_is_refused_naming_the_closest_before_anything_is_touched(
+        tmp_path):
+    with pytest.raises(ConfigurationError, match="did you mean 'sync_interval'"):
+        S3SqliteDatabase(str(tmp_path / "a.db"), sync_intervall=5,
+                         storage=f"file://{tmp_path}/store", database_name="app")
+    assert list(tmp_path.iterdir()) == []
+    db = S3SqliteDatabase(None)
+    with pytest.raises(ConfigurationError, match="did you mean 'lock_ttl'"):
+        db.init(str(tmp_path / "a.db"), lock_tll=5, storage=f"file://{tmp_path}/store",
+                database_name="app")
+
+
+def test_peewees_and_sqlites_own_options_still_pass(tmp_path):
+    db = S3SqliteDatabase(str(tmp_path / "a.db"), storage=f"file://{tmp_path}/store",
+                          database_name="app", timeout=3, autoconnect=False,
+                          detect_types=0, cached_statements=16, regexp_function=True)
+    assert db.connect_params["cached_statements"] == 16
+
+
+def test_the_constructor_spells_out_every_option_for_editors():
+    keywords = {name for name, p in inspect.signature(S3SqliteDatabase.__init__).parameters
+                .items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert keywords == set(Options.__dataclass_fields__)
