@@ -424,6 +424,7 @@ def join_session(path: str, options: Options,
     with _shared_lock:
         host = _shared.get(key)
         if host is None or host.closed:
+            _check_directory(path)
             host = HostSession(path, options, prepare)
             try:
                 host.open()
@@ -459,6 +460,16 @@ def leave_session(host: HostSession) -> None:
             key = os.path.realpath(host.path)
             if host.closed and _shared.get(key) is host:
                 del _shared[key]
+
+
+def _check_directory(path: str) -> None:
+    """The local file's directory must exist (a writer creates the file, not its parents)."""
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        what = "is a file" if os.path.exists(directory) else "does not exist"
+        raise ConfigurationError(
+            f"the directory of the local database {path} {what}: create the directory "
+            "(or correct the path) and connect again")
 
 
 def _where(options: Options) -> tuple:

@@ -157,3 +157,12 @@ def test_a_read_only_uri_is_refused_before_anything_is_touched(tmp_path, storage
         S3SqliteDatabase(f"file:{tmp_path / 'a.db'}?mode=ro", uri=True, database_name=NAME,
                          **storage)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["missing/sub", "a-file/sub"])
+def test_a_local_path_under_a_missing_directory_or_a_file_is_named(tmp_path, storage, where):
+    (tmp_path / "a-file").write_text("not a directory")
+    db = make_db(tmp_path / where / "a.db", storage)
+    with pytest.raises(ConfigurationError, match=str(tmp_path / where)):
+        db.connect()
+    assert not (tmp_path / "store").exists()          # no lease was taken
