@@ -124,6 +124,12 @@ class LocalFile:
         _, wal_frames, done = self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return wal_frames, done
 
+    def checkpoint_to_pin(self) -> None:
+        """Without the write lock: copy the WAL's frames up to the pin into the database file
+        (a PASSIVE checkpoint stops there, and never waits), so that the checkpoint under the
+        lock (`checkpoint_passive`) has little left to do."""
+        self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
     def truncate(self, position: WalPosition) -> Truncation:
         """Empty the WAL (everything read so far must be shipped or in the current snapshot),
         letting the pin go for it (TRUNCATE waits for every reader) and taking it again after

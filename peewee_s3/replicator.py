@@ -275,6 +275,8 @@ class Replicator:
             read, through = self._unsent
             if read.commits:
                 self._upload_segment(read)
+                if read.position.frames >= self.options.checkpoint_frames:
+                    self.local.checkpoint_to_pin()
             self._unsent = None
             self.tickets.mark_shipped(through)
 
@@ -362,11 +364,11 @@ class Replicator:
 
     def _checkpoint_if_long(self, read: WalRead) -> None:
         """Under the write lock, with every commit of the WAL just read into memory: move the
-        frames into the database file so that the WAL starts over.
+        frames into the database file so that the WAL starts over at the next write.
 
-        The checkpoint runs on the other connection (one holding the write lock cannot), in
-        PASSIVE mode, which needs no write lock. Only when it moved every frame may the next
-        writer restart the WAL, and only then is that restart expected.
+        Most frames were copied already, without the lock, right after the upload before
+        (`LocalFile.checkpoint_to_pin`); what is left here is the few frames since, so that
+        commits wait for little. PASSIVE, on the reader connection with the pin let go.
         """
         if read.position.frames >= self.options.checkpoint_frames:
             self.local.checkpoint_passive()
