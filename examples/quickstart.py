@@ -76,7 +76,7 @@ try:
     written = [note.text for note in Note.select().order_by(Note.id)]
     print("status:", json.dumps(db.status(), indent=2), "\n")
 
-    # 2. Shut down: ships what is pending, takes a final snapshot, releases the lease.
+    # 2. Shut down: ships what is pending and releases the lease.
     #    (It also runs at interpreter exit.) Then lose the local file.
     db.close()
     db.shutdown()

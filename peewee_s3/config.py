@@ -39,6 +39,7 @@ class Options:
     sync_mode: str = "async"
     sync_interval: float = 1.0
     snapshot_interval: float = 7 * 86400.0  # at the latest: see replicator.SEGMENTS_SHARE_*
+    snapshot_on_shutdown: bool = False  # True: the seed's final snapshot at every shutdown
     lock_ttl: float = 60.0
     lock_wait: float = 0.0
     force_lock: bool = False

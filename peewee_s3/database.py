@@ -93,6 +93,7 @@ class S3SqliteDatabase(SqliteDatabase):
             credentials: Optional[Mapping[str, str]] = _UNSET,
             storage_options: Optional[Mapping[str, Any]] = _UNSET, sync_mode: str = _UNSET,
             sync_interval: float = _UNSET, snapshot_interval: float = _UNSET,
+            snapshot_on_shutdown: bool = _UNSET,
             lock_ttl: float = _UNSET, lock_wait: float = _UNSET, force_lock: bool = _UNSET,
             checkpoint_frames: int = _UNSET, retention_generations: int = _UNSET,
             retention_age: Optional[float] = _UNSET, unsafe_storage: bool = _UNSET,
@@ -154,12 +155,13 @@ class S3SqliteDatabase(SqliteDatabase):
 
     def _prepare_check(self, conn) -> None:
         """The app's own functions, aggregates and collations (`@db.func()`, …), registered
-        on the connection that checks a restored file: its schema may use them."""
-        self._load_aggregates(conn)
-        self._load_collations(conn)
-        self._load_functions(conn)
+        on the connection that checks a restored file: its schema may use them. That is a
+        sqlite3 connection whatever a subclass connects with: SqliteDatabase's loaders."""
+        SqliteDatabase._load_aggregates(self, conn)
+        SqliteDatabase._load_collations(self, conn)
+        SqliteDatabase._load_functions(self, conn)
         if getattr(self, "server_version", (0,)) >= (3, 25, 0):
-            self._load_window_functions(conn)
+            SqliteDatabase._load_window_functions(self, conn)
 
     def shutdown(self) -> None:
         """Ship what is pending, take the final snapshot and release the lease — or, while
@@ -197,7 +199,7 @@ class S3SqliteDatabase(SqliteDatabase):
         writes = not _is_read(sql)
         session = self._check_writable() if writes else None
         cursor = super().execute_sql(sql, params, *args, **kwargs)
-        if writes and not self._state.conn.in_transaction:
+        if writes and not self._sqlite_in_transaction():
             session = session or self._session   # opened by this statement (autoconnect)
             if session is not None and self.options.sync_mode == "sync":
                 # A statement is finished only once stepped to its end (RETURNING rows,
@@ -218,9 +220,13 @@ class S3SqliteDatabase(SqliteDatabase):
 
     def rollback(self, *args, **kwargs):
         # After a COMMIT whose shipment failed (sync mode), peewee rolls back: nothing is open.
-        if self.is_closed() or self._state.conn.in_transaction:
+        if self.is_closed() or self._sqlite_in_transaction():
             return super().rollback(*args, **kwargs)
         return None
+
+    def _sqlite_in_transaction(self) -> bool:
+        """Whether SQLite holds a transaction open on this connection (peewee may not know)."""
+        return self._state.conn.in_transaction
 
     def _check_writable(self) -> Optional[HostSession]:
         """Before a write: the session it belongs to (None before the first connection)."""

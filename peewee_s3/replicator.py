@@ -25,11 +25,11 @@ from .layout import Layout, new_generation_id
 from .lease import Lease
 from .localfile import LocalFile
 from .merging import Merger
-from .restore import remove_database_files
+from .restore import read_plan, remove_database_files
 from .retention import prune
 from .segments import CommitRecord, Segment
 from .sidecar import Sidecar, describe_file, write_sidecar
-from .snapshots import upload_snapshot
+from .snapshots import read_meta, upload_snapshot
 from .storage import Storage
 from .wal import WalPosition, WalRead, wal_path
 
@@ -189,16 +189,20 @@ class Replicator:
         if time.monotonic() - self._last_renewal >= self.options.renew_every:
             self.renew()
         changed = self._wal_changed()
-        s = self.shipped
-        snapshot_due = (time.time() - (s.last_snapshot or 0) >= self.options.snapshot_interval
-                        or s.generation_bytes > max(SEGMENTS_SHARE_OF_SNAPSHOT * s.snapshot_size,
-                                                    SEGMENTS_MIN_BYTES_FOR_SNAPSHOT))
-        if snapshot_due and (changed or self.shipped.seq > 0):
+        if self._snapshot_due() and (changed or self.shipped.seq > 0):
             self.start_generation()
         elif changed:
             self.ship()
         if self.merger.due:
             self._store_merged()
+
+    def _snapshot_due(self) -> bool:
+        """The policy: a new generation once what a restore reads after the snapshot
+        outweighs it, or at snapshot_interval at the latest."""
+        s = self.shipped
+        return (time.time() - (s.last_snapshot or 0) >= self.options.snapshot_interval
+                or s.generation_bytes > max(SEGMENTS_SHARE_OF_SNAPSHOT * s.snapshot_size,
+                                            SEGMENTS_MIN_BYTES_FOR_SNAPSHOT))
 
     def _wal_changed(self) -> bool:
         """Whether the WAL file changed since we last looked (catches raw sqlite3 writes)."""
@@ -396,7 +400,8 @@ class Replicator:
             if hand_over:
                 self.closed = True
                 return
-            if self.shipped.seq > 0:
+            if self.shipped.seq > 0 and (self.options.snapshot_on_shutdown
+                                         or self._snapshot_due()):
                 self.start_generation()
             for _ in range(FINISH_ATTEMPTS):
                 if self.checkpoint_truncate():
@@ -474,9 +479,13 @@ class Replicator:
         return pruned
 
     def adopt(self, generation: str, seq: int, created_at: float) -> None:
-        """Carry on in a stored generation whose end is this file's state (WAL emptied)."""
+        """Carry on in a stored generation whose end is this file's state (WAL emptied),
+        weighing it for the snapshot policy by what a restore of it reads."""
         s = self.shipped
         s.generation, s.seq, s.last_snapshot = generation, seq, created_at
+        s.snapshot_size = read_meta(self.storage, self.layout, generation).size
+        s.generation_bytes = sum(size for *_, size in read_plan(self.storage, self.layout,
+                                                                 generation, seq))
         self.merger.reset()
         self.write_sidecar()
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
 
 from .errors import (ConfigurationError, LocalStateError, LocalWriteError, NothingToRestoreError,
-                     ObjectNotFoundError, ReplicaCorruptError)
+                     ObjectNotFoundError, PeeweeS3Error, ReplicaCorruptError)
 from .layout import Layout
 from .lease import read_lease
 from .segments import PageWriter, Segment
@@ -174,9 +174,14 @@ def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[fl
                 storage, layout, meta, until_seq,
                 merged=at is None if merged is None else merged) as segments:
             download_snapshot(storage, layout, meta, f)
-            seq, commits, last_time = _apply_segments(segments, f, meta.page_size, at)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                seq, commits, last_time = _apply_segments(segments, f, meta.page_size, at)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:
+                if isinstance(exc, PeeweeS3Error):   # StorageError is an OSError too
+                    raise
+                raise LocalWriteError(str(exc)) from exc
         _check_integrity(temp, meta.generation, prepare)
         aside = put_in_place(temp, target)
         if aside:

@@ -252,3 +252,23 @@ def test_a_schema_using_the_apps_own_function_restores_at_connect(tmp_path, stor
     with pytest.raises(peewee.IntegrityError):
         Note.create(body="HELLO")
     db.shutdown()
+
+
+@pytest.mark.parametrize("snapshot_on_shutdown", [False, True])
+def test_shutdown_uploads_a_snapshot_only_when_asked(tmp_path, storage_kwargs,
+                                                     snapshot_on_shutdown):
+    db = make_db(tmp_path / "a.db", storage_kwargs, snapshot_on_shutdown=snapshot_on_shutdown)
+    db.create_tables([Note])
+    Note.insert_many([{"body": "x" * 1000}] * 500).execute()
+    db.sync()
+    generation = db.status()["generation"]
+    db.shutdown()
+    snapshots = [k for k in stored_keys(storage_kwargs) if k.endswith("/snapshot.db")]
+    assert len(snapshots) == (2 if snapshot_on_shutdown else 1)
+
+    again = make_db(tmp_path / "a.db", storage_kwargs)
+    Note.create(body="after the restart")
+    assert (again.status()["generation"] == generation) is not snapshot_on_shutdown
+    again.shutdown()
+    restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert len(rows_in_file(tmp_path / "r.db")) == 501
