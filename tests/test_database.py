@@ -272,3 +272,16 @@ def test_shutdown_uploads_a_snapshot_only_when_asked(tmp_path, storage_kwargs,
     again.shutdown()
     restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
     assert len(rows_in_file(tmp_path / "r.db")) == 501
+
+
+def test_commits_after_a_snapshot_start_no_generation_of_their_own(tmp_path, storage_kwargs):
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_interval=0.05)
+    db.create_tables([Note])
+    Note.insert_many([{"body": "x" * 4000}] * 4000).execute()    # about 16 MiB
+    generation = db.snapshot()
+    for i in range(20):
+        Note.create(body=f"small {i}")
+        time.sleep(0.02)
+    db.sync()
+    assert db.status()["generation"] == generation
+    db.shutdown()
