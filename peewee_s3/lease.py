@@ -130,7 +130,7 @@ class Lease:
         current = LeaseRecord.from_bytes(data, self.key)
         if current.is_live(now) and not self.force and not self._holder_gone(current):
             raise LeaseHeldError(
-                f"the lease on {self.storage.describe()}/{self.key} is held by "
+                f"the lease on {self.storage.describe(self.key)} is held by "
                 f"{current.describe()} for {current.expires_at - now:.0f} more seconds. Stop "
                 "that writer (its shutdown() releases the lease), wait for it to expire, use "
                 "lock_wait=SECONDS to wait, or force_lock=True to take it over (dev only)")
