@@ -1,15 +1,25 @@
-"""The examples run as shipped: the web apps through their test clients, the scripts as processes,
-on a local directory by default and on S3 (moto) through the environment variables."""
+"""The examples run as shipped: the web apps through their test clients (and the Flask one as a
+server, scraped over HTTP), the scripts as processes, on a local directory by default and on S3
+(moto) through the environment variables."""
 import importlib.util
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 import uuid
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from peewee_s3 import restore
+
+from .conftest import _free_ports
+from .test_metrics import Exposition
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
@@ -58,6 +68,21 @@ def exercise_the_todo_api(get, post):
     assert status == 200 and replication["open"] and replication["pending_commits"] == 0
 
 
+def assert_the_metrics_of_the_todo_database(text):
+    """What /metrics serves after the conversation above: the todo database's replication."""
+    shown = Exposition(text)
+    todo = {"database_name": "todo"}
+    assert shown.value("peewee_s3_session_open", **todo) == 1
+    assert shown.value("peewee_s3_pending_commits", **todo) == 0           # sync mode
+    assert shown.value("peewee_s3_replication_lag_seconds", **todo) == 0
+    assert shown.value("peewee_s3_uploaded_bytes_total", **todo) > 0
+    assert shown.total("peewee_s3_uploaded_objects_total", **todo) >= 3    # the three writes
+    assert shown.value("peewee_s3_errors_total", kind="StorageError", **todo) == 0
+    assert shown.value("peewee_s3_lease_expiry_timestamp_seconds", **todo) > time.time()
+    assert shown.value("peewee_s3_last_snapshot_timestamp_seconds", **todo) <= time.time()
+    assert {s.labels["database_name"] for s in shown.samples} == {"todo"}
+
+
 def titles_in_storage(tmp_path, storage):
     import sqlite3
 
@@ -80,6 +105,9 @@ def test_the_flask_example_serves_its_todo_api(tmp_path, example_env):
         return response.status_code, response.get_json()
 
     exercise_the_todo_api(get, post)
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and metrics.content_type == CONTENT_TYPE_LATEST
+    assert_the_metrics_of_the_todo_database(metrics.get_data(as_text=True))
     assert example.db.is_closed()  # every request closed its connection; the session lives on
     example.db.shutdown()
     assert titles_in_storage(tmp_path, example_env) == ["write the tests", "ship it"]
@@ -97,8 +125,57 @@ def test_the_fastapi_example_serves_its_todo_api(tmp_path, example_env):
             return response.status_code, response.json()
 
         exercise_the_todo_api(get, post)
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200
+        assert metrics.headers["content-type"] == CONTENT_TYPE_LATEST
+        assert_the_metrics_of_the_todo_database(metrics.text)
     assert example.db.status()["open"] is False  # the lifespan shut it down
     assert titles_in_storage(tmp_path, example_env) == ["write the tests", "ship it"]
+
+
+def test_the_running_flask_example_serves_metrics_over_http(tmp_path, example_env):
+    port = _free_ports(1)[0]
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "server.log", "w+")
+    server = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, "flask_app", "app.py")],
+                              env=dict(os.environ, PORT=str(port)), stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:                                   # up once it answers
+            try:
+                urllib.request.urlopen(f"{base}/todos", timeout=5).close()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None and time.monotonic() < deadline, \
+                    _server_log(log)
+                time.sleep(0.1)
+        for title in ("scrape me", "and me"):
+            created = urllib.request.Request(
+                f"{base}/todos", data=json.dumps({"title": title}).encode(), method="POST",
+                headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(created, timeout=30) as answer:
+                assert answer.status == 201
+        urllib.request.urlopen(urllib.request.Request(f"{base}/todos/1/complete",
+                                                      method="POST"), timeout=30).close()
+        with urllib.request.urlopen(f"{base}/metrics", timeout=30) as answer:
+            assert answer.status == 200
+            assert answer.headers["Content-Type"] == CONTENT_TYPE_LATEST
+            text = answer.read().decode()
+    finally:
+        server.send_signal(signal.SIGTERM)            # the app turns it into db.shutdown()
+        try:
+            server.wait(timeout=60)
+        finally:
+            if server.poll() is None:
+                server.kill()
+    assert server.returncode == 0, _server_log(log)
+    assert_the_metrics_of_the_todo_database(text)
+    assert titles_in_storage(tmp_path, example_env) == ["scrape me", "and me"]
+
+
+def _server_log(log):
+    log.seek(0)
+    return f"the Flask example's output:\n{log.read()}"
 
 
 def test_the_read_replica_example_prints_the_lag_of_two_replicas():

@@ -2,6 +2,8 @@
 
     uvicorn --app-dir examples/fastapi_app app:app      # or: python examples/fastapi_app/app.py
 
+It serves Prometheus metrics of the replication at /metrics.
+
 Runs as-is on a local directory as the storage; for S3 or an S3-compatible server set
 PEEWEE_S3_STORAGE (e.g. s3://my-bucket/todo), PEEWEE_S3_ENDPOINT_URL (MinIO, R2, SeaweedFS) and
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. PEEWEE_S3_DATA_DIR is where the local file lives.
@@ -12,10 +14,12 @@ import os
 import tempfile
 
 import peewee
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
 from peewee_s3 import S3SqliteDatabase
+from peewee_s3.metrics import Collector
 
 DATA_DIR = os.environ.get("PEEWEE_S3_DATA_DIR") or os.path.join(
     tempfile.gettempdir(), "peewee-s3-examples", "fastapi")
@@ -58,6 +62,11 @@ async def lifespan(app):
 
 app = FastAPI(title="peewee-s3 todo", lifespan=lifespan)
 
+# Prometheus metrics of the replication, read from db.status() at each scrape (no storage
+# request). A registry of the app's own; `REGISTRY.register(Collector(db))` works as well.
+metrics = CollectorRegistry()
+metrics.register(Collector(db))
+
 # The endpoints are plain `def`s: FastAPI runs each one in a worker thread, and
 # `connection_context()` opens and closes that thread's connection around the request (the
 # replication session stays open).
@@ -91,6 +100,11 @@ def complete_todo(todo_id: int):
 @app.get("/status")
 def replication_status():
     return db.status()
+
+
+@app.get("/metrics")
+def prometheus_metrics():
+    return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A tiny todo API on Flask whose SQLite database is replicated by peewee-s3.
 
-    python examples/flask_app/app.py            # http://127.0.0.1:5000/todos
+    python examples/flask_app/app.py            # http://127.0.0.1:5000/todos, /metrics
 
 Runs as-is on a local directory as the storage; for S3 or an S3-compatible server set
 PEEWEE_S3_STORAGE (e.g. s3://my-bucket/todo), PEEWEE_S3_ENDPOINT_URL (MinIO, R2, SeaweedFS) and
@@ -13,9 +13,11 @@ import sys
 import tempfile
 
 import peewee
-from flask import Flask, abort, jsonify, request
+from flask import Flask, Response, abort, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from peewee_s3 import S3SqliteDatabase
+from peewee_s3.metrics import Collector
 
 DATA_DIR = os.environ.get("PEEWEE_S3_DATA_DIR") or os.path.join(
     tempfile.gettempdir(), "peewee-s3-examples", "flask")
@@ -43,6 +45,11 @@ class Todo(peewee.Model):
 
 
 app = Flask(__name__)
+
+# Prometheus metrics of the replication, read from db.status() at each scrape (no storage
+# request). A registry of the app's own; `REGISTRY.register(Collector(db))` works as well.
+metrics = CollectorRegistry()
+metrics.register(Collector(db))
 
 # The first connect takes the lease, restores the file if needed and starts replicating; the
 # session outlives every per-request connection. db.shutdown() (registered at exit by the
@@ -88,6 +95,11 @@ def complete_todo(todo_id):
 @app.get("/status")
 def replication_status():
     return jsonify(db.status())
+
+
+@app.get("/metrics")
+def prometheus_metrics():
+    return Response(generate_latest(metrics), content_type=CONTENT_TYPE_LATEST)
 
 
 if __name__ == "__main__":
