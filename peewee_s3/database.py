@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from peewee import Database, InterfaceError, SqliteDatabase
 
 from .config import SQLITE_CONNECT_OPTIONS, Options, log_verbosely, reject_unknown
-from .errors import ConfigurationError, PeeweeS3Error
+from .errors import ConfigurationError, LocalStateError, PeeweeS3Error
 from .host import HostSession, join_session, leave_session
 
 log = logging.getLogger("peewee_s3")
@@ -124,12 +124,14 @@ class S3SqliteDatabase(SqliteDatabase):
     @staticmethod
     def _check_pragmas(pragmas: Any) -> None:
         items = pragmas.items() if isinstance(pragmas, dict) else (pragmas or ())
-        clash = _OUR_PRAGMAS & {name.lower().rsplit(".", 1)[-1] for name, _ in items}
+        clash = {name for name, value in ((n.lower().rsplit(".", 1)[-1], v) for n, v in items)
+                 if name in _OUR_PRAGMAS
+                 and not (name == "journal_mode" and str(value).lower() == "wal")}
         if clash:
             raise ConfigurationError(
                 f"pragmas {sorted(clash)} are set by S3SqliteDatabase (WAL mode, automatic "
                 "checkpoints off so that no page is checkpointed before it is shipped): "
-                "remove them")
+                "remove them (journal_mode='wal' may stay)")
 
     # -- session -----------------------------------------------------------------------------
 
@@ -143,14 +145,19 @@ class S3SqliteDatabase(SqliteDatabase):
 
     def _open_session(self) -> HostSession:
         with self._session_lock:
-            if self._session is None:
+            if self._session is None or self._session.closed:
                 self._session = join_session(self._path, self.options, self._prepare_check)
                 self._shut_down = False
                 atexit.register(self._shutdown_at_exit)
             session = self._session
         # A new connection to a file deleted or replaced under the session would create or
-        # open another file, whose writes would never be shipped.
-        session.check_file()
+        # open another file, whose writes would never be shipped: the session ends (what it
+        # shipped stays the stored state), and the next connect() starts anew from storage.
+        try:
+            session.check_file()
+        except LocalStateError:
+            session.close_broken()
+            raise
         return session
 
     def _prepare_check(self, conn) -> None:
@@ -199,7 +206,9 @@ class S3SqliteDatabase(SqliteDatabase):
         writes = not _is_read(sql)
         session = self._check_writable() if writes else None
         cursor = super().execute_sql(sql, params, *args, **kwargs)
-        if writes and not self._sqlite_in_transaction():
+        # No connection of this thread: the statement ran elsewhere (SqliteQueueDatabase's
+        # writer thread), and the replicator sees its commit in the WAL.
+        if writes and self._state.conn is not None and not self._sqlite_in_transaction():
             session = session or self._session   # opened by this statement (autoconnect)
             if session is not None and self.options.sync_mode == "sync":
                 # A statement is finished only once stepped to its end (RETURNING rows,

@@ -29,6 +29,7 @@ from . import files
 from .config import Options
 from .errors import (ConfigurationError, LeaseHeldError, LeaseLostError, LocalStateError,
                      PeeweeS3Error, SessionClosedError, StorageError)
+from .lease import process_running
 from .localfile import file_identity
 from .session import Session, open_session
 from .wal import WAL_INDEX_NOTE_SIZE, parse_wal_index
@@ -91,14 +92,13 @@ def _write_state(database_path: str, state: HostState) -> None:
         log.warning("could not write %s%s: %s", database_path, STATE_SUFFIX, exc)
 
 
-def _alive(pid: int) -> bool:
+def _lock_exclusively(fd: int) -> bool:
+    """Take an flock without waiting; False if another open file description holds one."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    return True
+    except BlockingIOError:
+        return False
 
 
 def wal_end(database_path: str) -> tuple:
@@ -245,7 +245,7 @@ class HostSession:
                 self._replicate()
                 return self
             state = read_state(self.path)
-            if state is not None and state.ready and _alive(state.pid):
+            if state is not None and state.ready and process_running(state.pid):
                 self._role = Member(self)
                 self._watcher = threading.Thread(target=self._watch, daemon=True,
                                                  name=f"peewee-s3 member {self.path}")
@@ -261,11 +261,7 @@ class HostSession:
             time.sleep(0.05)
 
     def _take_host_lock(self) -> bool:
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
+        return _lock_exclusively(self._lock_fd)
 
     def _replicate(self) -> None:
         self._state = HostState(os.getpid(), secrets.token_hex(8))
@@ -368,6 +364,8 @@ class HostSession:
     def shutdown(self) -> None:
         """Leave: a replicator ships and releases the lease (leaving the WAL and the file to
         the other processes, if any, one of which takes over), a member just goes."""
+        if self.closed:
+            return
         self._stop.set()
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join()
@@ -385,12 +383,19 @@ class HostSession:
         role.shutdown()
         self._close()
 
-    def _alone(self) -> bool:
+    def close_broken(self) -> None:
+        """The local file is gone: end the session for every object of this process (the
+        lease is released; LocalStateError was already told to the caller)."""
         try:
-            fcntl.flock(self._members_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
+            self.shutdown()
+        except (PeeweeS3Error, OSError, sqlite3.Error) as exc:
+            log.warning("closed the session of %s: %s", self.path, exc)
+        if not self.closed:
+            self._close()
+
+    def _alone(self) -> bool:
+        """Whether no other process has the file open (they hold the members lock shared)."""
+        return _lock_exclusively(self._members_fd)
 
     def abandon(self) -> None:
         """Opening failed: close, and if no other process has the file open, remove the host

@@ -72,6 +72,17 @@ class LeaseRecord:
                                       "peewee-s3 lease release --force if no writer runs") from None
 
 
+def process_running(pid: int) -> bool:
+    """Whether a process of this host has this pid (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def read_lease(storage: Storage, key: str) -> Optional[LeaseRecord]:
     """The lease as stored, or None if there is none."""
     try:
@@ -143,13 +154,7 @@ class Lease:
         if self.local_file is None or current.file != self.local_file \
                 or current.host != socket.gethostname():
             return False
-        try:
-            os.kill(current.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return current.pid == os.getpid()
+        return current.pid == os.getpid() or not process_running(current.pid)
 
     def _let_go_if_stored(self) -> None:
         """Taking the lease failed, but the write may have landed with its answer lost: if

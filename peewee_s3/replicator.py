@@ -52,7 +52,6 @@ class Shipped:
     generation: Optional[str] = None
     seq: int = 0
     position: WalPosition = WalPosition()
-    cycle: Optional[int] = None
     last_sync: Optional[float] = None
     last_snapshot: Optional[float] = None
     bytes_uploaded: int = 0
@@ -293,9 +292,11 @@ class Replicator:
     def _restart_is_safe(self, read: WalRead) -> bool:
         """A new WAL cycle loses nothing if the pin stood at our shipped position until it
         began: while it stands, the WAL can start over only once every frame is checkpointed
-        and none is after the pin (localfile.py), so the old cycle ended where we had shipped."""
+        and none is after the pin (localfile.py), so the old cycle ended where we had shipped.
+        SQLite's restart adds one to salt-1 (whichever connection makes it); a WAL emptied and
+        begun anew has other salts."""
         return (read.header is not None and self.local.last_pin == self.shipped.position
-                and read.header.checkpoint_seq == (self.shipped.cycle or 0) + 1)
+                and read.header.salt1 == (self.shipped.position.salts[0] + 1) & 0xFFFFFFFF)
 
     def _upload_segment(self, read: WalRead) -> None:
         now = time.time()
@@ -311,7 +312,6 @@ class Replicator:
             self._guard(self.lease.check)
         s = self.shipped
         s.seq, s.position, s.last_sync = seq, read.position, now
-        s.cycle = read.header.checkpoint_seq
         s.bytes_uploaded += len(data)
         s.generation_bytes += len(data)
         s.segments_uploaded += 1
@@ -383,7 +383,7 @@ class Replicator:
         the last read) make the next shipment start a new generation."""
         truncation = self.local.truncate(self.shipped.position)
         if truncation.emptied or truncation.folded:
-            self.shipped.position, self.shipped.cycle = WalPosition(), None
+            self.shipped.position = WalPosition()
         self._folded = self._folded or truncation.folded
         if truncation.emptied:
             self.publish_durable()
@@ -451,7 +451,6 @@ class Replicator:
             s = self.shipped
             s.generation, s.seq, s.last_snapshot = generation, 0, meta.created_at
             s.position = read.position
-            s.cycle = read.header.checkpoint_seq if read.header else s.cycle
             s.bytes_uploaded += meta.size
             s.snapshot_size, s.generation_bytes = meta.size, 0
             self.merger.reset()

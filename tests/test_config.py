@@ -107,3 +107,10 @@ def test_the_constructor_spells_out_every_option_for_editors():
     keywords = {name for name, p in inspect.signature(S3SqliteDatabase.__init__).parameters
                 .items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert keywords == set(Options.__dataclass_fields__)
+
+
+def test_journal_mode_wal_the_mode_it_sets_anyway_is_accepted():
+    S3SqliteDatabase("app.db", pragmas={"journal_mode": "wal"}, **GOOD)
+    S3SqliteDatabase("app.db", pragmas=[("journal_mode", "WAL")], **GOOD)
+    with pytest.raises(ConfigurationError, match="wal_autocheckpoint"):
+        S3SqliteDatabase("app.db", pragmas={"wal_autocheckpoint": 1000}, **GOOD)

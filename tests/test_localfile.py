@@ -98,3 +98,28 @@ def test_a_point_in_time_between_a_neighbours_checkpoint_and_a_sync_has_the_comm
             **storage)
     assert rows_in_file(tmp_path / "r.db") == ["c1"]
     db.shutdown()
+
+
+def test_wal_restarts_by_any_of_the_apps_connections_start_no_generation(tmp_path):
+    storage = file_storage(tmp_path)
+    db = make_db(tmp_path / "a.db", storage, sync_interval=0.01, checkpoint_frames=8)
+    db.create_tables([Note])
+    generation = db.status()["generation"]
+
+    def write(worker):
+        for i in range(150):
+            Note.create(body=f"{worker}-{i:03}")
+            if i % 10 == 0:
+                time.sleep(0.03)                     # let the replicator ship and checkpoint
+        db.close()
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    db.sync()
+    assert db.status()["generation"] == generation
+    db.shutdown()
+    restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage)
+    assert len(rows_in_file(tmp_path / "r.db")) == 450
