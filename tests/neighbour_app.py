@@ -36,8 +36,12 @@ RETRY_PAUSE = 0.05
 ATTEMPTS = 10
 
 
+_SAYING = threading.Lock()  # two threads print: one whole line at a time
+
+
 def say(*words) -> None:
-    print(*words, flush=True)
+    with _SAYING:
+        print(*words, flush=True)
 
 
 def failure(exc: BaseException) -> str:
