@@ -161,12 +161,12 @@ def test_a_kill_around_a_checkpoint_loses_nothing(tmp_path, shared_kwargs, start
 
 def wait_for_a_wal_restart(writer):
     """Watch the writer's -wal header (from this process: the writer's locks are its own)
-    until its checkpoint sequence number changes: SQLite started the WAL over."""
+    until its checkpoint sequence number and salts change: SQLite started the WAL over."""
     with open(f"{writer.path}-wal", "rb") as wal:
-        first = os.pread(wal.fileno(), 16, 0)
+        first = os.pread(wal.fileno(), 24, 0)[12:24]
         deadline = time.monotonic() + WAIT
-        while os.pread(wal.fileno(), 16, 0)[12:16] == first[12:16]:
+        while os.pread(wal.fileno(), 24, 0)[12:24] == first:
             if time.monotonic() > deadline or writer.process.poll() is not None:
-                pytest.fail(f"the WAL did not start over within {WAIT} s "
-                            f"(checkpoint sequence {struct.unpack('>I', first[12:16])[0]})")
+                pytest.fail(f"the WAL did not start over within {WAIT} s (its header still "
+                            f"says checkpoint {struct.unpack_from('>I', first)[0]})")
             time.sleep(0.0005)
