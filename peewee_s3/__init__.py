@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from . import url  # noqa: E402,F401  (registers the s3sqlite:// scheme with playhouse.db_url)
+from .aio import AsyncS3SqliteDatabase  # noqa: E402
 from .database import S3SqliteDatabase  # noqa: E402
 from .errors import (ConfigurationError, LeaseHeldError, LeaseLostError,  # noqa: E402
                      LocalStateError, NothingToRestoreError, PeeweeS3Error,
@@ -10,6 +11,7 @@ from .errors import (ConfigurationError, LeaseHeldError, LeaseLostError,  # noqa
 from .replica import ReadOnlyReplicaError, S3SqliteReplica  # noqa: E402
 from .restore import restore  # noqa: E402
 
-__all__ = ["S3SqliteDatabase", "S3SqliteReplica", "restore", "ConfigurationError",
-           "LeaseHeldError", "LeaseLostError", "LocalStateError", "NothingToRestoreError",
-           "PeeweeS3Error", "ReadOnlyReplicaError", "ReplicaCorruptError", "StorageError"]
+__all__ = ["S3SqliteDatabase", "AsyncS3SqliteDatabase", "S3SqliteReplica", "restore",
+           "ConfigurationError", "LeaseHeldError", "LeaseLostError", "LocalStateError",
+           "NothingToRestoreError", "PeeweeS3Error", "ReadOnlyReplicaError",
+           "ReplicaCorruptError", "StorageError"]
