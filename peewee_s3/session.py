@@ -202,11 +202,21 @@ def _begin(replicator: Replicator, plan: Plan) -> None:
 
 
 def _origin(storage: Storage, layout: Layout) -> str:
-    """Which database a sidecar belongs to: protocol, normalised root and key, no endpoint
-    spelling and no secret (a trailing '/' or another spelling of the same URL is the same)."""
+    """Which database a sidecar belongs to: protocol, root and key as a URL (`file:///srv/x/
+    app`, `s3://bucket/path/app`), no endpoint spelling and no secret (a trailing '/' or
+    another spelling of the same URL is the same)."""
     protocol = storage.fs.protocol
     protocol = protocol[0] if isinstance(protocol, (tuple, list)) else protocol
-    return f"{protocol}://{storage.root.strip('/')}/{layout.base}"
+    return f"{protocol}://{storage.root.rstrip('/')}/{layout.base}"
+
+
+def _same_origin(a: str, b: str) -> bool:
+    """Origins compared as places: sidecars written before 2026-12 dropped the root's
+    leading '/' (`file://srv/x/app`)."""
+    def place(origin: str) -> tuple:
+        protocol, _, rest = origin.partition("://")
+        return protocol, rest.strip("/")
+    return place(a) == place(b)
 
 
 def _settle_local_file(path: str, storage: Storage, layout: Layout, lease: Lease,
@@ -220,7 +230,7 @@ def _settle_local_file(path: str, storage: Storage, layout: Layout, lease: Lease
         return _restore(path, storage, layout, lease, meta, prepare)
     _check_is_sqlite(path)
     sidecar = read_sidecar(path)
-    if sidecar is None or sidecar.origin != origin:
+    if sidecar is None or not _same_origin(sidecar.origin, origin):
         found = "no sidecar" if sidecar is None else f"a sidecar of {sidecar.origin}"
         raise LocalStateError(
             f"{path} exists with {found}, and {origin} already holds a database: it cannot be "
@@ -265,7 +275,7 @@ def _new_lineage(path: str, origin: str) -> Plan:
     if _exists(path):
         _check_is_sqlite(path)
         sidecar = read_sidecar(path)
-        if sidecar and sidecar.origin != origin:
+        if sidecar and not _same_origin(sidecar.origin, origin):
             raise LocalStateError(
                 f"{path} was replicated to {sidecar.origin}, not {origin}: use that storage "
                 "and database_name, or remove its sidecar to replicate it here as a new database")

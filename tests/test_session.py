@@ -1,5 +1,6 @@
 """A session's ends: what the local file was between sessions, a file taken away mid-session,
 and a shutdown that fails and is tried again."""
+import json
 import os
 import shutil
 import sqlite3
@@ -165,3 +166,19 @@ def test_a_local_path_under_a_missing_directory_or_a_file_is_named(tmp_path, sto
     with pytest.raises(ConfigurationError, match=str(tmp_path / where)):
         db.connect()
     assert not (tmp_path / "store").exists()          # no lease was taken
+
+
+def test_the_sidecar_names_a_file_storage_as_its_url_and_still_reads_old_sidecars(tmp_path,
+                                                                                  storage):
+    db = make_db(tmp_path / "a.db", storage)
+    db.create_tables([Note])
+    Note.create(body="kept")
+    db.shutdown()
+    sidecar = tmp_path / "a.db.peewee-s3.json"
+    written = json.loads(sidecar.read_text())
+    assert written["origin"] == f"file://{tmp_path}/store/{NAME}"
+    written["origin"] = f"file://{str(tmp_path).lstrip('/')}/store/{NAME}"  # as before 2026-12
+    sidecar.write_text(json.dumps(written))
+    again = make_db(tmp_path / "a.db", storage)
+    assert bodies(again) == ["kept"]
+    again.shutdown()
