@@ -171,6 +171,19 @@ class Member:
     def __init__(self, host: "HostSession") -> None:
         self.host = host
         self.identity = file_identity(host.path)
+        self._state_seen: tuple = (None, None)  # (state file's mtime_ns, what it said)
+        self._rung_at = 0.0
+
+    def _fenced(self) -> Optional[str]:
+        """The state's `fenced`, re-read only when the state file changed (a write asks)."""
+        try:
+            mtime = os.stat(self.host.path + STATE_SUFFIX).st_mtime_ns
+        except FileNotFoundError:
+            return None
+        if mtime != self._state_seen[0]:
+            state = read_state(self.host.path)
+            self._state_seen = (mtime, state.fenced if state else None)
+        return self._state_seen[1]
 
     def check_file(self) -> None:
         if file_identity(self.host.path) != self.identity:
@@ -180,14 +193,15 @@ class Member:
 
     def check_writable(self) -> None:
         self.check_file()
-        state = read_state(self.host.path)
-        if state is not None and state.fenced:
-            raise LeaseLostError(state.fenced)
+        fenced = self._fenced()
+        if fenced:
+            raise LeaseLostError(fenced)
 
     def committed(self, sync: bool) -> None:
         if sync:
             self.host.wait_durable()
-        else:
+        elif time.monotonic() - self._rung_at >= self.host.options.sync_interval / 2:
+            self._rung_at = time.monotonic()   # the replicator ships once per interval anyway
             self.host.doorbell.ring(urgent=False)
 
     def sync(self) -> None:

@@ -90,16 +90,16 @@ class LocalFile:
         try:
             read_at = time.time()
             read = read_commits(wal_path(self.path), position, verify=False, ahead=ahead)
-            if read.commits:
-                read.times = self.clock.times(read.commits, read.header.salts, read_at)
             self.last_pin = self.pin
             self._unpin()
             if action:
                 action(read)
             self._pin(read.position)
-            return read
         finally:
             self._writer.execute("ROLLBACK")
+        if read.commits:  # after the lock: notes taken since read_at change no answer
+            read.times = self.clock.times(read.commits, read.header.salts, read_at)
+        return read
 
     def _pin(self, position: WalPosition) -> None:
         self._reader.execute("BEGIN")
