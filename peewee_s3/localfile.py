@@ -118,11 +118,9 @@ class LocalFile:
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def checkpoint_passive(self) -> tuple:
-        """Only inside a `read` action: copy the WAL's frames into the database file.
-        Returns (frames in the WAL, frames copied)."""
-        _, wal_frames, done = self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return wal_frames, done
+    def checkpoint_passive(self) -> None:
+        """Only inside a `read` action: copy the WAL's frames into the database file."""
+        self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def checkpoint_to_pin(self) -> None:
         """Without the write lock: copy the WAL's frames up to the pin into the database file

@@ -221,8 +221,3 @@ def parse_wal_index(raw: bytes) -> Optional[tuple]:
 
 def wal_path(database_path: str) -> str:
     return database_path + "-wal"
-
-
-def has_frames(database_path: str) -> bool:
-    """Whether the database's WAL holds at least one committed frame (verified)."""
-    return bool(read_commits(wal_path(database_path), WalPosition()).commits)
