@@ -11,6 +11,7 @@ return. Notes are cheap (one 96-byte pread, parsed later); reading the WAL is no
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 import time
 from typing import Optional
@@ -24,26 +25,40 @@ class CommitClock:
         self._shm_path = database_path + "-shm"
         self._notes: list = []          # (time, wal-index header); guarded by _lock
         self._lock = threading.Lock()
+        self._shm: Optional[int] = None  # the kept descriptor of -shm (files.py)
 
     def note(self) -> None:
         """Called by a committing thread right after its commit returned: as little as can
-        be (the wal-index header is parsed when the replicator asks for times)."""
+        be (one pread; the wal-index header is parsed when the replicator asks for times)."""
         now = time.time()
+        fd = self._shm if self._shm is not None else self.refresh()
+        if fd is None:
+            return
         try:
-            header = files.pread(self._shm_path, WAL_INDEX_NOTE_SIZE)
+            header = os.pread(fd, WAL_INDEX_NOTE_SIZE, 0)
         except OSError:
             return
         with self._lock:
             self._notes.append((now, header))
+
+    def refresh(self) -> Optional[int]:
+        """Look up the descriptor of the `-shm` now at its path again (the replicator does at
+        every read: a file replaced meanwhile is noticed there)."""
+        self._shm = files.descriptor(self._shm_path)
+        return self._shm
+
+    def close(self) -> None:
+        """Before the descriptors are released: no note reads them from here on."""
+        self._shm = None
 
     def oldest(self) -> Optional[float]:
         """The time of the oldest commit noted and not read by the replicator yet."""
         with self._lock:
             return self._notes[0][0] if self._notes else None
 
-    def times(self, commits: list, salts: tuple, read_at: float) -> list:
-        """The commit time of each of `commits` (WAL cycle `salts`), read at `read_at` under
-        the write lock. Notes taken before `read_at` are then forgotten: they saw no later
+    def times(self, ends: list, salts: tuple, read_at: float) -> list:
+        """The commit time of each commit whose commit frame is one of `ends` (WAL cycle
+        `salts`), read at `read_at` under the write lock. Notes taken before `read_at` are then forgotten: they saw no later
         commit."""
         with self._lock:
             notes, self._notes = self._notes, [n for n in self._notes if n[0] >= read_at]
@@ -54,4 +69,4 @@ class CommitClock:
         for i in range(len(seen) - 1, -1, -1):
             earliest[i] = min(seen[i][1], earliest[i + 1])
         frames = [frame for frame, _ in seen]
-        return [earliest[bisect.bisect_left(frames, c.end_frame)] for c in commits]
+        return [earliest[bisect.bisect_left(frames, end)] for end in ends]

@@ -34,7 +34,7 @@ _UNSET: Any = object()
 
 def _is_read(sql: str) -> bool:
     """Statements that cannot commit a change; anything else is treated as a write."""
-    return sql.lstrip()[:6].upper() == "SELECT"
+    return sql.startswith("SELECT") or sql.lstrip()[:6].upper() == "SELECT"
 
 
 def local_path(database: str, uri: bool) -> str:

@@ -30,7 +30,7 @@ from .config import Options
 from .errors import (ConfigurationError, LeaseHeldError, LeaseLostError, LocalStateError,
                      PeeweeS3Error, SessionClosedError, StorageError)
 from .lease import process_running
-from .localfile import file_identity
+from .localfile import ASYNC_CHECK_EVERY, file_identity
 from .session import Session, open_session
 from .wal import WAL_INDEX_NOTE_SIZE, parse_wal_index
 
@@ -173,6 +173,7 @@ class Member:
         self.identity = file_identity(host.path)
         self._state_seen: tuple = (None, None)  # (state file's mtime_ns, what it said)
         self._rung_at = 0.0
+        self._checked_at = float("-inf")
 
     def _fenced(self) -> Optional[str]:
         """The state's `fenced`, re-read only when the state file changed (a write asks)."""
@@ -192,10 +193,16 @@ class Member:
                 "committed to it since is not in storage. Call shutdown(), then connect() again")
 
     def check_writable(self) -> None:
+        """The file is still the one replicated and the lease holds (async mode: looked at
+        every ASYNC_CHECK_EVERY seconds, not at every write)."""
+        now = time.monotonic()
+        if self.host.options.sync_mode != "sync" and now < self._checked_at + ASYNC_CHECK_EVERY:
+            return
         self.check_file()
         fenced = self._fenced()
         if fenced:
             raise LeaseLostError(fenced)
+        self._checked_at = now
 
     def committed(self, sync: bool) -> None:
         if sync:

@@ -21,6 +21,10 @@ from .snapshots import copy_database
 from .wal import WalPosition, WalRead, read_ahead, read_commits, wal_path
 
 BUSY_TIMEOUT = 30.0  # seconds the replicator waits for SQLite's locks
+# Async mode: a writing thread checks that the file is still the one replicated (and a member
+# that the lease holds) at most this often, not at every write (a stat() each); sync mode at
+# every write. The replicator checks the file at every read.
+ASYNC_CHECK_EVERY = 0.05
 
 
 class Truncation(NamedTuple):
@@ -66,6 +70,7 @@ class LocalFile:
         for conn in (self._writer, self._reader):
             conn.close()
         self.pin = None
+        self.clock.close()
         files.release(self.path)
 
     def check(self) -> None:
@@ -85,6 +90,7 @@ class LocalFile:
         the pin let go (a checkpoint cannot run on a connection in a transaction). Most frames
         are read before taking the lock, so that commits wait only for the last few."""
         self.check()
+        self.clock.refresh()
         ahead = read_ahead(self.path, position)
         self._writer.execute("BEGIN IMMEDIATE")
         try:
@@ -97,8 +103,8 @@ class LocalFile:
             self._pin(read.position)
         finally:
             self._writer.execute("ROLLBACK")
-        if read.commits:  # after the lock: notes taken since read_at change no answer
-            read.times = self.clock.times(read.commits, read.header.salts, read_at)
+        if read.ends:  # after the lock: notes taken since read_at change no answer
+            read.times = self.clock.times(read.ends, read.header.salts, read_at)
         return read
 
     def _pin(self, position: WalPosition) -> None:

@@ -39,7 +39,7 @@ class Merger:
         last = self._last
         if last and (segment.generation, segment.seq) != (last.generation, last.seq + 1):
             self.reset()
-        if sum(len(data) for c in segment.commits for data in c.pages.values()) >= MERGE_BYTES:
+        if segment.page_bytes >= MERGE_BYTES:
             self.reset()  # a large segment reads as fast alone: no copy of its pages to hold
             return
         if self._first is None:

@@ -23,11 +23,11 @@ from .config import Options
 from .errors import LeaseLostError, PeeweeS3Error, SessionClosedError, StorageError
 from .layout import Layout, new_generation_id
 from .lease import Lease
-from .localfile import LocalFile
+from .localfile import ASYNC_CHECK_EVERY, LocalFile
 from .merging import Merger
 from .restore import read_plan, remove_database_files
 from .retention import prune
-from .segments import CommitRecord, Segment
+from .segments import FrameSegment
 from .sidecar import Sidecar, describe_file, write_sidecar
 from .snapshots import read_meta, upload_snapshot
 from .storage import Storage
@@ -116,6 +116,7 @@ class Replicator:
         self._prune_due = False
         self._last_renewal = time.monotonic()
         self._wal_stat: Optional[tuple] = None
+        self._file_checked = float("-inf")  # when a writer last checked the file (monotonic)
         self.local = LocalFile(path, self.clock)
         # Told (salts, frames, last snapshot time) whenever more is durable: what other
         # processes on this file wait on (host.py).
@@ -229,9 +230,13 @@ class Replicator:
 
     def check_writable(self) -> None:
         """Before a write: this writer is not fenced, and its file is still the one at its
-        path (a write to a replaced file would never be shipped)."""
+        path (a write to a replaced file would never be shipped; in async mode looked at
+        every ASYNC_CHECK_EVERY seconds)."""
         self.check_fenced()
-        self.local.check()
+        now = time.monotonic()
+        if self.options.sync_mode == "sync" or now >= self._file_checked + ASYNC_CHECK_EVERY:
+            self.local.check()
+            self._file_checked = now
 
     def _guard(self, step: Callable):
         """Run a storage step; a lost lease fences this writer for good."""
@@ -276,7 +281,7 @@ class Replicator:
                     return
                 self._unsent = (read, through)
             read, through = self._unsent
-            if read.commits:
+            if read.ends:
                 self._upload_segment(read)
                 if read.position.frames >= self.options.checkpoint_frames:
                     self.local.checkpoint_to_pin()
@@ -301,9 +306,11 @@ class Replicator:
     def _upload_segment(self, read: WalRead) -> None:
         now = time.time()
         seq = self.shipped.seq + 1
-        segment = Segment(self.shipped.generation, seq, self.lease.epoch, read.header.page_size,
-                          tuple(CommitRecord(t, c.db_pages, c.pages)
-                                for t, c in zip(read.times, read.commits)))
+        segment = FrameSegment(self.shipped.generation, seq, self.lease.epoch,
+                               read.header.page_size, read.frame_bytes,
+                               tuple(b - a for a, b in zip([read.start_frame] + read.ends,
+                                                           read.ends)),
+                               tuple(read.times))
         data = segment.encode()
         key = self.layout.segment(self.shipped.generation, seq)
         self._guard(self.lease.check)
@@ -315,11 +322,11 @@ class Replicator:
         s.bytes_uploaded += len(data)
         s.generation_bytes += len(data)
         s.segments_uploaded += 1
-        s.commits_uploaded += len(read.commits)
+        s.commits_uploaded += len(read.ends)
         self.merger.add(segment, len(data))
         self.write_sidecar()
         self.publish_durable()
-        log.info("shipped %d commits of %s as %s (%d bytes)", len(read.commits),
+        log.info("shipped %d commits of %s as %s (%d bytes)", len(read.ends),
                  self.layout.base, key, len(data))
 
     def _store_merged(self) -> None:

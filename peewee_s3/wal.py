@@ -43,8 +43,7 @@ class WalHeader:
 
 class Commit(NamedTuple):
     """One committed transaction: its pages (last image of each), the database size after it,
-    and the number of WAL frames up to and including its commit frame. (A named tuple: a
-    burst makes tens of thousands of them, under SQLite's write lock.)"""
+    and the number of WAL frames up to and including its commit frame."""
 
     pages: dict
     db_pages: int
@@ -66,11 +65,54 @@ class WalPosition:
 
 @dataclass
 class WalRead:
+    """What one read found: the whole frames of the commits after a position, verbatim.
+
+    The frames are kept as read (`chunks`, concatenated they are frames `start_frame`+1 ...
+    `position.frames` of the cycle), with the frame number of each commit's commit frame
+    (`ends`): the replicator ships them as they are (segment format 2), so that reading a
+    burst of commits costs one pass over the frame headers and no per-page work under
+    SQLite's write lock or the GIL. `commits` parses them into pages when someone needs them.
+    """
+
     header: Optional[WalHeader]
-    commits: list = field(default_factory=list)
+    chunks: list = field(default_factory=list)
+    ends: list = field(default_factory=list)
+    start_frame: int = 0
     position: WalPosition = field(default_factory=WalPosition)
     restarted: bool = False
     times: list = field(default_factory=list)
+
+    @property
+    def frame_bytes(self) -> bytes:
+        return b"".join(self.chunks)
+
+    @property
+    def commits(self) -> list:
+        if not self.ends:
+            return []
+        return list(parse_commits(self.frame_bytes, self.header.page_size,
+                                  [end - self.start_frame for end in self.ends],
+                                  self.start_frame))
+
+
+def parse_commits(frames: bytes, page_size: int, ends: list, first_frame: int = 0
+                  ) -> Iterator[Commit]:
+    """The commits in `frames` (whole WAL frames), whose commit frames are the `ends`-th
+    (1-based, counted in `frames`): each page's last image in its commit, the database size
+    from its commit frame. `end_frame` counts from `first_frame`."""
+    size = FRAME_HEADER.size + page_size
+    start = 0
+    for end in ends:
+        pages = {}
+        db_pages = 0
+        for offset in range(start * size, end * size, size):
+            pgno, db_pages = _PGNO_AND_SIZE.unpack_from(frames, offset)
+            pages[pgno] = frames[offset + FRAME_HEADER.size:offset + size]
+        yield Commit(pages, db_pages, first_frame + end)
+        start = end
+
+
+_PGNO_AND_SIZE = struct.Struct(">II")
 
 
 def checksum(data: bytes, s1: int, s2: int, big_endian: bool) -> tuple:
@@ -117,11 +159,12 @@ def read_commits(path: str, position: WalPosition, *, verify: bool = True,
         restarted = position.salts is not None and position.salts != header.salts
         if position.salts != header.salts:
             position = WalPosition(header.salts, 0, header.checksum)
-        earlier = []
+        start = position.frames
+        chunks, ends = [], []
         if ahead is not None and ahead.position.salts == position.salts and not restarted:
-            earlier, position = ahead.commits, ahead.position
-        commits, position = _read_frames(f, header, position, verify)
-        return WalRead(header, earlier + commits, position, restarted)
+            chunks, ends, position = list(ahead.chunks), list(ahead.ends), ahead.position
+        more, more_ends, position = _read_frames(f, header, position, verify)
+        return WalRead(header, chunks + more, ends + more_ends, start, position, restarted)
 
 
 def read_ahead(database_path: str, position: WalPosition) -> Optional[WalRead]:
@@ -137,52 +180,68 @@ def read_ahead(database_path: str, position: WalPosition) -> Optional[WalRead]:
         header = read_header(f) if f is not None else None
         if header is None or header.salts != position.salts:
             return None
-        commits, end = _read_frames(f, header, position, False, last_frame=index[1])
-    return WalRead(header, commits, end)
+        chunks, ends, end = _read_frames(f, header, position, False, last_frame=index[1])
+    return WalRead(header, chunks, ends, position.frames, end)
 
 
 def _read_frames(f: BinaryIO, header: WalHeader, position: WalPosition, verify: bool,
                  last_frame: Optional[int] = None):
+    """(chunks, ends, position): the whole frames after `position` up to the last commit frame
+    before the WAL ends (or `last_frame`), the frame number of each commit frame, and the
+    position after the last commit. Per frame only its header is looked at, in one C call per
+    chunk; without `verify`, the checksum kept is the last commit frame's own."""
     big_endian = header.magic == MAGIC_BIG_ENDIAN
     salt1, salt2 = header.salts
-    size, head = header.frame_size, FRAME_HEADER.size
-    commits, pages = [], {}
+    size = header.frame_size
+    chunks, ends = [], []
     frames, running = position.frames, position.checksum or header.checksum
     committed = (position.frames, position.checksum)
     for chunk in _chunks(f, header, position.frames, last_frame):
-        # The frame headers of a whole chunk are unpacked in C; a burst has tens of thousands.
-        for start, (pgno, db_pages, s1, s2, c1, c2) in zip(
-                range(0, len(chunk), size), _frame_struct(header.page_size).iter_unpack(chunk)):
+        chunks.append(chunk)
+        whole = True
+        start = -size
+        for pgno, db_pages, s1, s2, c1, c2 in frame_struct(header.page_size).iter_unpack(chunk):
+            start += size
             if s1 != salt1 or s2 != salt2 or pgno == 0:
+                whole = False
                 break
-            page = chunk[start + head:start + size]
             if verify:
                 running = checksum(chunk[start:start + 8], *running, big_endian)
-                running = checksum(page, *running, big_endian)
+                running = checksum(chunk[start + FRAME_HEADER.size:start + size], *running,
+                                   big_endian)
                 if running != (c1, c2):
+                    whole = False
                     break
-            else:
-                running = (c1, c2)
             frames += 1
-            pages[pgno] = page
             if db_pages:
-                commits.append(Commit(pages if len(pages) == 1 else dict(sorted(pages.items())),
-                                      db_pages, frames))
-                pages = {}
-                committed = (frames, running)
-        else:
-            continue
-        break  # a frame that is not whole, or of another cycle: the WAL ends there
+                ends.append(frames)
+                committed = (frames, (c1, c2))
+        if not whole:
+            break  # a frame that is not whole, or of another cycle: the WAL ends there
     if committed == (position.frames, position.checksum):
-        return commits, position
-    return commits, WalPosition((salt1, salt2), *committed)
+        return [], [], position
+    return (_cut(chunks, (committed[0] - position.frames) * size), ends,
+            WalPosition((salt1, salt2), *committed))
+
+
+def _cut(chunks: list, length: int) -> list:
+    """The first `length` bytes of the concatenated `chunks`, as chunks."""
+    kept, total = [], 0
+    for chunk in chunks:
+        if total >= length:
+            break
+        if total + len(chunk) > length:
+            chunk = chunk[:length - total]
+        kept.append(chunk)
+        total += len(chunk)
+    return kept
 
 
 READ_CHUNK_FRAMES = 1024  # frames read at a time: one call each, memory bounded
 
 
 @functools.lru_cache(maxsize=None)
-def _frame_struct(page_size: int) -> struct.Struct:
+def frame_struct(page_size: int) -> struct.Struct:
     """A whole frame: its header's six fields, then the page, skipped."""
     return struct.Struct(f"{FRAME_HEADER.format}{page_size}x")
 

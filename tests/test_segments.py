@@ -43,3 +43,44 @@ def test_applying_commits_writes_pages_and_cuts_the_file(tmp_path):
         for commit in segment().commits:
             commit.apply_to(f, PAGE)
     assert path.read_bytes() == b"a" * PAGE + b"b" * PAGE
+
+
+def wal_frames(tmp_path, rows):
+    """The WAL frames of `rows` single-row commits, as the replicator reads them."""
+    import sqlite3
+    from peewee_s3.wal import WalPosition, read_commits
+    conn = sqlite3.connect(str(tmp_path / "w.db"), isolation_level=None)
+    conn.execute("PRAGMA page_size=512")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    start = read_commits(str(tmp_path / "w.db-wal"), WalPosition())
+    for i in range(rows):
+        conn.execute("INSERT INTO t VALUES (?)", (f"row {i}" * 20,))
+    read = read_commits(str(tmp_path / "w.db-wal"), start.position)
+    conn.close()
+    counts = tuple(b - a for a, b in zip([read.start_frame] + read.ends, read.ends))
+    return read, counts
+
+
+def test_a_segment_of_wal_frames_decodes_to_the_commits_read(tmp_path):
+    from peewee_s3.segments import FrameSegment
+    read, counts = wal_frames(tmp_path, 30)
+    times = tuple(100.0 + i for i in range(len(counts)))
+    shipped = FrameSegment("gen", 3, 1, 512, read.frame_bytes, counts, times)
+    decoded = Segment.decode(shipped.encode(), "k")
+    assert decoded.commits == shipped.commits
+    assert [c.time for c in decoded.commits] == list(times)
+    assert [(c.pages, c.db_pages) for c in decoded.commits] == \
+        [(c.pages, c.db_pages) for c in read.commits]
+
+
+def test_a_frames_segment_whose_header_lies_about_its_commits_is_corrupt(tmp_path):
+    from peewee_s3.segments import FrameSegment
+    read, counts = wal_frames(tmp_path, 3)
+    # Two commits merged into one: the first no longer ends on a commit frame... and the
+    # frame count no longer matches the body.
+    for bad in ((counts[0] + counts[1],) + counts[2:], counts[:-1]):
+        times = tuple(float(i) for i in range(len(bad)))
+        data = FrameSegment("gen", 1, 1, 512, read.frame_bytes, bad, times).encode()
+        with pytest.raises(ReplicaCorruptError, match="segment k is corrupt"):
+            Segment.decode(data, "k")
