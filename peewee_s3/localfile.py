@@ -125,13 +125,14 @@ class LocalFile:
     # -- checkpoints -----------------------------------------------------------------------
 
     def checkpoint_passive(self) -> None:
-        """Only inside a `read` action: copy the WAL's frames into the database file."""
+        """Only inside a `read` action (under the write lock, every frame read): copy the
+        WAL's frames into the database file, so that the next write starts the WAL over."""
         self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def checkpoint_to_pin(self) -> None:
         """Without the write lock: copy the WAL's frames up to the pin into the database file
         (a PASSIVE checkpoint stops there, and never waits), so that the checkpoint under the
-        lock (`checkpoint_passive`) has little left to do."""
+        lock (`checkpoint_passive`) is left only the frames committed since."""
         self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def truncate(self, position: WalPosition) -> Truncation:

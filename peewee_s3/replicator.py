@@ -111,6 +111,7 @@ class Replicator:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._unsent: Optional[tuple] = None
+        self._carry: Optional[WalRead] = None  # read by a checkpoint, shipped next
         self._folded = False  # our checkpoint put commits nobody read into the file
         self.closed = False   # finish() is done: later sync-mode commits raise
         self._prune_due = False
@@ -213,6 +214,7 @@ class Replicator:
             stat = None
         changed, self._wal_stat = stat != self._wal_stat, stat
         return changed or self.tickets.pending > 0 or self._unsent is not None \
+            or self._carry is not None \
             or self.last_error is not None
 
     # -- lease -------------------------------------------------------------------------------
@@ -258,50 +260,92 @@ class Replicator:
         """Upload every commit in the WAL that is not in storage yet, as one segment.
 
         Commits read but not yet stored (an upload failed) are kept and go first: the WAL may
-        already have been checkpointed past them.
+        already have been checkpointed past them. After a shipment that leaves the WAL long,
+        the shipped frames are checkpointed (`_checkpoint`), which may read a few more commits
+        to carry into the next shipment.
         """
         with self._io:
             self.check_fenced()
             if self._unsent is None:
                 through = self.tickets.issued
-                lost = []
-
-                def judge_then_checkpoint(read: WalRead) -> None:
-                    lost.append(self._folded
-                                or (read.restarted and not self._restart_is_safe(read)))
-                    if not lost[0]:
-                        self._checkpoint_if_long(read)
-
-                read = self._read_locked(judge_then_checkpoint)
-                if lost[0]:
-                    log.warning("the WAL of %s started over without all of it read (emptied, "
-                                "removed, or checkpointed by someone else): starting a new "
-                                "generation so that no commit is lost", self.path)
+                read = self._read_on()
+                if read is None:
                     self.start_generation(ship_first=False)
                     return
                 self._unsent = (read, through)
             read, through = self._unsent
             if read.ends:
                 self._upload_segment(read)
-                if read.position.frames >= self.options.checkpoint_frames:
-                    self.local.checkpoint_to_pin()
+            else:  # nothing new, but the WAL may have started over (safely: see _read_on)
+                self.shipped.position = read.position
             self._unsent = None
             self.tickets.mark_shipped(through)
+            if read.position.frames >= self.options.checkpoint_frames:
+                self._checkpoint()
+
+    def ship_all(self) -> None:
+        """Ship, and ship again the commits a checkpoint carried over: nothing read is left
+        only in memory."""
+        with self._io:
+            self.ship()
+            while self._carry is not None:
+                self.ship()
+
+    def _read_on(self, checkpoint: bool = False) -> Optional[WalRead]:
+        """The commits after those read so far (the carried ones first), read under SQLite's
+        write lock; with `checkpoint`, the WAL is also checkpointed under that lock, once
+        everything in it is read. None if the WAL started over with some of it unread
+        (then a new generation must start: see `_restart_is_safe`)."""
+        carry = self._carry
+        start = carry.position if carry is not None else self.shipped.position
+        lost = []
+
+        def judge(read: WalRead) -> None:
+            lost.append(self._folded
+                        or (read.restarted and not self._restart_is_safe(read, start)))
+            if checkpoint and not lost[0]:
+                self.local.checkpoint_passive()
+
+        read = self.local.read(start, judge)
+        self._carry = None  # from here on in `read`, or covered by the new generation
+        if lost[0]:
+            log.warning("the WAL of %s started over without all of it read (emptied, "
+                        "removed, or checkpointed by someone else): starting a new "
+                        "generation so that no commit is lost", self.path)
+            return None
+        return carry.followed_by(read) if carry is not None else read
+
+    def _checkpoint(self) -> None:
+        """Move the shipped frames into the database file so that the WAL starts over at the
+        next write, holding SQLite's write lock only for the few frames committed meanwhile.
+
+        First without the lock: a PASSIVE checkpoint on the writer connection copies the
+        frames up to the pin (the shipped position) and stops there. Then under the lock: the
+        commits made since are read (and carried into the next shipment) and the rest is
+        checkpointed, with the pin let go; the pin is taken again at the end of what was read.
+        """
+        self.local.checkpoint_to_pin()
+        read = self._read_on(checkpoint=True)
+        if read is None:
+            self.start_generation(ship_first=False)
+        elif read.ends or read.position != self.shipped.position:
+            self._carry = read
 
     def sync(self) -> None:
         """Ship everything, and confirm the lease even when there was nothing to ship."""
         with self._io:
-            self.ship()
+            self.ship_all()
             self._guard(self.lease.check)
 
-    def _restart_is_safe(self, read: WalRead) -> bool:
-        """A new WAL cycle loses nothing if the pin stood at our shipped position until it
-        began: while it stands, the WAL can start over only once every frame is checkpointed
-        and none is after the pin (localfile.py), so the old cycle ended where we had shipped.
-        SQLite's restart adds one to salt-1 (whichever connection makes it); a WAL emptied and
-        begun anew has other salts."""
-        return (read.header is not None and self.local.last_pin == self.shipped.position
-                and read.header.salt1 == (self.shipped.position.salts[0] + 1) & 0xFFFFFFFF)
+    def _restart_is_safe(self, read: WalRead, start: WalPosition) -> bool:
+        """A new WAL cycle loses nothing if the pin stood where this read started (the end of
+        what was read before) until it began: while it stands, the WAL can start over only
+        once every frame is checkpointed and none is after the pin (localfile.py), so the old
+        cycle ended where we had read. SQLite's restart adds one to salt-1 (whichever
+        connection makes it); a WAL emptied and begun anew has other salts."""
+        return (read.header is not None and self.local.last_pin == start
+                and start.salts is not None
+                and read.header.salt1 == (start.salts[0] + 1) & 0xFFFFFFFF)
 
     def _upload_segment(self, read: WalRead) -> None:
         now = time.time()
@@ -373,17 +417,6 @@ class Replicator:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def _checkpoint_if_long(self, read: WalRead) -> None:
-        """Under the write lock, with every commit of the WAL just read into memory: move the
-        frames into the database file so that the WAL starts over at the next write.
-
-        Most frames were copied already, without the lock, right after the upload before
-        (`LocalFile.checkpoint_to_pin`); what is left here is the few frames since, so that
-        commits wait for little. PASSIVE, on the reader connection with the pin let go.
-        """
-        if read.position.frames >= self.options.checkpoint_frames:
-            self.local.checkpoint_passive()
-
     def checkpoint_truncate(self) -> bool:
         """Empty the WAL (everything read must be shipped or in the current snapshot); True if
         it is empty with nothing unshipped folded into the file. Folded commits (made since
@@ -403,7 +436,7 @@ class Replicator:
         `hand_over`: other processes go on using the file (and one of them replicates next):
         ship, and leave the WAL and the file to them."""
         with self._io:
-            self.ship()
+            self.ship_all()
             if hand_over:
                 self.closed = True
                 return
@@ -418,7 +451,7 @@ class Replicator:
                 if self._folded:
                     self.start_generation(ship_first=False)
                 else:
-                    self.ship()
+                    self.ship_all()
             self.closed = True
             self.write_sidecar()
             log.warning("%s could not be left with an empty WAL (other connections kept "
@@ -435,7 +468,7 @@ class Replicator:
         with self._io:
             self.check_fenced()
             if ship_first and self.shipped.generation:
-                self.ship()
+                self.ship_all()
             through = self.tickets.issued
             parent = ({"generation": self.shipped.generation, "seq": self.shipped.seq}
                       if self.shipped.generation else None)
@@ -462,7 +495,7 @@ class Replicator:
             s.snapshot_size, s.generation_bytes = meta.size, 0
             self.merger.reset()
             self._folded = False
-            self._unsent = None
+            self._unsent = self._carry = None
             self._prune_due = True
             self.write_sidecar()
             self.tickets.mark_shipped(through)
@@ -499,8 +532,9 @@ class Replicator:
         """The commit time of the oldest commit not durable yet (None if none is pending)."""
         if not self.tickets.pending:
             return None
-        unsent = self._unsent
-        times = [t for t in (unsent[0].times[:1] if unsent else [])] + [self.clock.oldest()]
+        unsent, carry = self._unsent, self._carry
+        times = ((unsent[0].times[:1] if unsent else []) + (carry.times[:1] if carry else [])
+                 + [self.clock.oldest()])
         times = [t for t in times if t is not None]
         return min(times) if times else time.time()
 

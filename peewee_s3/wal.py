@@ -82,6 +82,17 @@ class WalRead:
     restarted: bool = False
     times: list = field(default_factory=list)
 
+    def followed_by(self, later: "WalRead") -> "WalRead":
+        """This read and the one made after it from its position, as one. The WAL may have
+        started over between them: a segment applies pages by number, so frames of two
+        cycles go together; `ends` then count frames from `start_frame` through both."""
+        if not self.ends:
+            return later
+        offset = self.ends[-1] - later.start_frame
+        return WalRead(later.header or self.header, self.chunks + later.chunks,
+                       self.ends + [end + offset for end in later.ends], self.start_frame,
+                       later.position, later.restarted, self.times + later.times)
+
     @property
     def frame_bytes(self) -> bytes:
         return b"".join(self.chunks)
@@ -161,7 +172,8 @@ def read_commits(path: str, position: WalPosition, *, verify: bool = True,
             position = WalPosition(header.salts, 0, header.checksum)
         start = position.frames
         chunks, ends = [], []
-        if ahead is not None and ahead.position.salts == position.salts and not restarted:
+        if ahead is not None and ahead.header.salts == header.salts \
+                and ahead.start_frame == position.frames:
             chunks, ends, position = list(ahead.chunks), list(ahead.ends), ahead.position
         more, more_ends, position = _read_frames(f, header, position, verify)
         return WalRead(header, chunks + more, ends + more_ends, start, position, restarted)
@@ -169,17 +181,21 @@ def read_commits(path: str, position: WalPosition, *, verify: bool = True,
 
 def read_ahead(database_path: str, position: WalPosition) -> Optional[WalRead]:
     """Without SQLite's write lock: the commits after `position` up to the last frame the
-    wal-index says is committed, or None. Within a WAL cycle such frames are never written
-    again, and a new cycle rewrites the WAL header first; so what this returns is exact if
-    the WAL is still in `position`'s cycle when `read_commits(..., ahead=)` looks under the
-    lock — and ignored there otherwise."""
+    wal-index says is committed, or None — from the first frame if the WAL started a new
+    cycle since. Within a WAL cycle such frames are never written again, and a new cycle
+    rewrites the WAL header first; so what this returns is exact if the WAL is still in the
+    same cycle when `read_commits(..., ahead=)` looks under the lock — and ignored there
+    otherwise."""
     index = parse_wal_index(files.pread(database_path + "-shm", WAL_INDEX_NOTE_SIZE))
-    if index is None or index[0] != position.salts or index[1] <= position.frames:
+    if index is None or index[1] == 0 or (index[0] == position.salts
+                                          and index[1] <= position.frames):
         return None
     with files.reader(wal_path(database_path)) as f:
         header = read_header(f) if f is not None else None
-        if header is None or header.salts != position.salts:
+        if header is None or header.salts != index[0]:
             return None
+        if header.salts != position.salts:  # a new cycle: read it from its first frame
+            position = WalPosition(header.salts, 0, header.checksum)
         chunks, ends, end = _read_frames(f, header, position, False, last_frame=index[1])
     return WalRead(header, chunks, ends, position.frames, end)
 

@@ -107,5 +107,23 @@ def test_a_read_ahead_is_dropped_when_the_wal_restarted_since(conn):
     assert read.restarted and len(read.commits) == 1
 
 
-def test_nothing_is_read_ahead_before_a_position_in_the_cycle(conn):
-    assert read_ahead(wal(conn)[:-4], WalPosition()) is None
+def test_a_read_ahead_from_nothing_read_is_kept(conn):
+    ahead = read_ahead(wal(conn)[:-4], WalPosition())
+    read = read_commits(wal(conn), WalPosition(), verify=False, ahead=ahead)
+    assert len(ahead.commits) == 1 and read.commits == ahead.commits
+    assert read.position == read_commits(wal(conn), WalPosition()).position
+
+
+def test_a_read_ahead_reads_a_restarted_wal_from_its_first_frame(conn):
+    conn.execute("INSERT INTO t VALUES (1)")
+    before = read_commits(wal(conn), WalPosition())
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    for i in range(20):
+        conn.execute("INSERT INTO t VALUES (?)", (i,))
+    ahead = read_ahead(wal(conn)[:-4], before.position)
+    assert ahead is not None and len(ahead.commits) == 20 and ahead.start_frame == 0
+    conn.execute("INSERT INTO t VALUES (99)")
+    read = read_commits(wal(conn), before.position, verify=False, ahead=ahead)
+    whole = read_commits(wal(conn), before.position, verify=True)
+    assert read.restarted and read.commits == whole.commits and len(read.commits) == 21
+    assert read.position == whole.position
