@@ -217,17 +217,27 @@ class UnsealingWriter:
         self.size = 0  # plaintext bytes written
 
     def write(self, data: bytes) -> int:
-        self._buffer += data
+        view, sealed = memoryview(data).cast("B"), CHUNK + TAG_SIZE
         if self._chunks is None:
+            taken = HEADER_SIZE - len(self._buffer)
+            self._buffer += view[:taken]
+            view = view[taken:]
             if len(self._buffer) < HEADER_SIZE:
                 return len(data)
-            self._chunks = self._keyring._opener(self._name, bytes(self._buffer[:HEADER_SIZE]))
-            del self._buffer[:HEADER_SIZE]
-        sealed = CHUNK + TAG_SIZE
-        whole = (len(self._buffer) - 1) // sealed  # a chunk is not the last while more follows
-        for i in range(whole):
-            self._emit(bytes(self._buffer[i * sealed:(i + 1) * sealed]), last=False)
-        del self._buffer[:whole * sealed]
+            self._chunks = self._keyring._opener(self._name, bytes(self._buffer))
+            self._buffer = bytearray()
+        if self._buffer:  # complete the chunk begun by an earlier write
+            taken = sealed - len(self._buffer)
+            self._buffer += view[:taken]
+            view = view[taken:]
+            if not view:  # it may be the last chunk: only what follows will tell
+                return len(data)
+            self._emit(bytes(self._buffer), last=False)
+            self._buffer = bytearray()
+        while len(view) > sealed:  # a chunk is not the last while more bytes follow it
+            self._emit(view[:sealed], last=False)
+            view = view[sealed:]
+        self._buffer += view
         return len(data)
 
     def finish(self) -> int:
@@ -242,7 +252,7 @@ class UnsealingWriter:
         self._buffer = bytearray()
         return self.size
 
-    def _emit(self, sealed: bytes, last: bool) -> None:
+    def _emit(self, sealed, last: bool) -> None:
         try:
             plaintext = self._chunks.open(sealed, last)
         except InvalidTag:

@@ -313,8 +313,9 @@ def test_keys_stay_out_of_reprs_and_status(tmp_path, file_kwargs):
 
 # -- the envelope ------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("piece", [7, 5000, CHUNK + TAG_SIZE])
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * CHUNK + 5])
-def test_sealed_objects_open_whole_or_streamed_in_any_pieces(size):
+def test_sealed_objects_open_whole_or_streamed_in_any_pieces(size, piece):
     ring = Keyring([NEW_KEY])
     data = os.urandom(size)
     sealed = SealingReader(ring, "k", io.BytesIO(data))
@@ -323,8 +324,8 @@ def test_sealed_objects_open_whole_or_streamed_in_any_pieces(size):
     assert plain_size(len(stored)) == size
     out = io.BytesIO()
     opening = UnsealingWriter(Keyring([OLD_KEY, NEW_KEY]), "k", out)
-    for start in range(0, len(stored), 5000):
-        opening.write(stored[start:start + 5000])
+    for start in range(0, len(stored), piece):
+        opening.write(stored[start:start + piece])
     assert opening.finish() == size and out.getvalue() == data
     assert ring.open("k", ring.seal("k", data)) == data
 
