@@ -10,6 +10,7 @@ import time
 import zlib
 
 import pytest
+from playhouse import db_url
 
 from peewee_s3 import S3SqliteReplica, merging, ranges, restore
 from peewee_s3.envelope import (CHUNK, HEADER_SIZE, MAGIC, TAG_SIZE, Keyring, SealingReader,
@@ -299,6 +300,16 @@ def test_bad_keys_are_refused_without_showing_them(tmp_path, monkeypatch, option
         make_db(tmp_path / "a.db", {"storage": f"file://{tmp_path}/s"}, **options)
     for secret in (b64(NEW_KEY), NEW_KEY.hex(), repr(NEW_KEY), "c2l4dGVlbiBieXRlcyEhIQ"):
         assert secret not in str(raised.value)
+
+
+def test_a_database_url_names_the_variable_that_holds_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("APP_DB_KEY", b64(NEW_KEY))
+    db = db_url.connect(f"s3sqlite:///{tmp_path}/a.db?storage=file://{tmp_path}/store"
+                        f"&database_name={NAME}&encryption_key=APP_DB_KEY")
+    assert db.options.keyring.ids == [key_id(NEW_KEY).hex()]
+    with pytest.raises(ConfigurationError, match="encryption_keys cannot be written in a URL"):
+        db_url.connect(f"s3sqlite:///{tmp_path}/a.db?storage=file://{tmp_path}/store"
+                       f"&database_name={NAME}&encryption_keys=APP_DB_KEY")
 
 
 def test_keys_stay_out_of_reprs_and_status(tmp_path, file_kwargs):
