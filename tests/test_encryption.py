@@ -59,8 +59,9 @@ def write_rows(db, rows, start=0):
 
 # -- what is stored ----------------------------------------------------------------------------
 
-def test_no_stored_object_holds_a_row_in_plain_not_even_decompressed(tmp_path, kwargs,
+def test_no_stored_object_holds_a_row_in_plain_not_even_decompressed(tmp_path, storage_kwargs,
                                                                       monkeypatch):
+    kwargs = storage_kwargs  # every backend: memory://, file://, moto, SeaweedFS
     monkeypatch.setattr(merging, "MERGE_SEGMENTS", 4)
     db = make_db(tmp_path / "a.db", kwargs, sync_mode="sync", encryption_key=NEW_KEY)
     db.create_tables([Note])
