@@ -41,11 +41,6 @@ def key_id(key: bytes) -> bytes:
     return hashlib.sha256(_KEY_ID_CONTEXT + key).digest()[:KEY_ID_SIZE]
 
 
-def new_key() -> bytes:
-    """A fresh random 32-byte key (store it base64-encoded: `base64.b64encode(new_key())`)."""
-    return os.urandom(KEY_SIZE)
-
-
 class Keyring:
     """The keys of one database: the first seals new objects, any of them opens old ones.
 
@@ -136,7 +131,7 @@ class _Chunks:
         nonce, ad = self._next(last)
         return self._cipher.encrypt(nonce, plaintext, ad)
 
-    def open(self, sealed: bytes, last: bool) -> bytes:
+    def open(self, sealed: bytes | memoryview, last: bool) -> bytes:
         nonce, ad = self._next(last)
         return self._cipher.decrypt(nonce, sealed, ad)
 
@@ -252,12 +247,12 @@ class UnsealingWriter:
         self._buffer = bytearray()
         return self.size
 
-    def _emit(self, sealed, last: bool) -> None:
+    def _emit(self, sealed: bytes | memoryview, last: bool) -> None:
         try:
             plaintext = self._chunks.open(sealed, last)
         except InvalidTag:
             raise _corrupt(self._name, "it fails authentication: it was damaged, cut short or "
-                           "reordered, or was stored under another key") from None
+                           "reordered, or was stored under another name") from None
         self._target.write(plaintext)
         self.size += len(plaintext)
         if self._progress and plaintext:
