@@ -5,13 +5,13 @@ __version__ = "0.1.0"
 from . import url  # noqa: E402,F401  (registers the s3sqlite:// scheme with playhouse.db_url)
 from .aio import AsyncS3SqliteDatabase  # noqa: E402
 from .database import S3SqliteDatabase  # noqa: E402
-from .errors import (ConfigurationError, LeaseHeldError, LeaseLostError,  # noqa: E402
-                     LocalStateError, NothingToRestoreError, PeeweeS3Error,
+from .errors import (ConfigurationError, EncryptionError, LeaseHeldError,  # noqa: E402
+                     LeaseLostError, LocalStateError, NothingToRestoreError, PeeweeS3Error,
                      ReplicaCorruptError, StorageError)
 from .replica import ReadOnlyReplicaError, S3SqliteReplica  # noqa: E402
 from .restore import restore  # noqa: E402
 
 __all__ = ["S3SqliteDatabase", "AsyncS3SqliteDatabase", "S3SqliteReplica", "restore",
-           "ConfigurationError", "LeaseHeldError", "LeaseLostError", "LocalStateError",
-           "NothingToRestoreError", "PeeweeS3Error", "ReadOnlyReplicaError",
+           "ConfigurationError", "EncryptionError", "LeaseHeldError", "LeaseLostError",
+           "LocalStateError", "NothingToRestoreError", "PeeweeS3Error", "ReadOnlyReplicaError",
            "ReplicaCorruptError", "StorageError"]

@@ -1,16 +1,22 @@
 """config: every option of S3SqliteDatabase, built and validated in one place.
 
 `Options` is frozen; the rest of the package receives it and never re-checks an option.
-Credentials are kept out of its repr.
+Credentials and encryption keys are kept out of its repr; a key named by an environment
+variable is read from it once, here.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import logging
+import os
 import re
+from collections import abc
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from .envelope import KEY_SIZE, Keyring
 from .errors import ConfigurationError
 
 SYNC_MODES = ("async", "sync")
@@ -18,9 +24,12 @@ SYNC_MODES = ("async", "sync")
 # the storage — a replica, the CLI, restore() — takes. Every other option is the writer's.
 STORAGE_OPTIONS = ("storage", "database_name", "storage_root", "key_prefix", "region",
                    "endpoint_url", "force_path_style", "credentials", "storage_options",
-                   "verbose")
+                   "encryption_key", "encryption_keys", "verbose")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CREDENTIAL_KEYS = {"access_key_id", "secret_access_key", "session_token"}
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SHOWN_NAME = 40  # longer "names" are not shown in messages: one may be a key given by mistake
+NEW_KEY_HINT = ("python -c \"import base64, os; print(base64.b64encode(os.urandom(32)).decode())\"")
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,8 @@ class Options:
     force_path_style: bool = False
     credentials: Optional[Mapping[str, str]] = field(default=None, repr=False)
     storage_options: Optional[Mapping[str, Any]] = field(default=None, repr=False)
+    encryption_key: Any = field(default=None, repr=False)  # 32 bytes, or an env variable's name
+    encryption_keys: Optional[Sequence[Any]] = field(default=None, repr=False)  # [new, old, …]
     sync_mode: str = "async"
     sync_interval: float = 1.0
     snapshot_interval: float = 7 * 86400.0  # at the latest: see replicator.SEGMENTS_SHARE_*
@@ -86,6 +97,13 @@ class Options:
                 "(ranged GETs at once when downloading a snapshot from S3), or None to choose "
                 "by endpoint")
         _check_credentials(self.credentials)
+        object.__setattr__(self, "_keyring",
+                           Keyring(_encryption_keys(self.encryption_key, self.encryption_keys)))
+
+    @property
+    def keyring(self) -> Keyring:
+        """The encryption keys, resolved: the first seals, any opens (empty: a plain database)."""
+        return self._keyring  # type: ignore[attr-defined]  (set by __post_init__)
 
     @property
     def base_key(self) -> str:
@@ -103,7 +121,7 @@ class Options:
         return dict(storage_root=self.storage_root, region=self.region,
                     endpoint_url=self.endpoint_url, force_path_style=self.force_path_style,
                     credentials=self.credentials, storage_options=self.storage_options,
-                    download_streams=self.download_streams)
+                    download_streams=self.download_streams, encryption=self.keyring)
 
 
 # What sqlite3.connect() takes besides the file name (peewee passes unknown options to it).
@@ -193,3 +211,56 @@ def _check_credentials(credentials: Any) -> None:
         raise ConfigurationError(
             f"credentials has unknown keys {sorted(unknown)} or lacks {sorted(missing)}: "
             "give 'access_key_id' and 'secret_access_key' (and optionally 'session_token')")
+
+
+def _encryption_keys(key: Any, keys: Any) -> list:
+    """The keys as bytes, sealing one first, from `encryption_key` or `encryption_keys`. Never
+    puts a key, nor anything that may be one, in a message."""
+    if key is not None and keys is not None:
+        raise ConfigurationError("give encryption_key (one key) or encryption_keys=[new, old, "
+                                 "...] (rotation), not both")
+    if key is not None:
+        return [_encryption_key("encryption_key", key)]
+    if keys is None:
+        return []
+    if isinstance(keys, (str, bytes, bytearray, memoryview)) or not isinstance(keys, abc.Sequence) \
+            or not keys:
+        raise ConfigurationError(
+            "encryption_keys must be a non-empty list [new, old, ...] of keys (32 bytes each, or "
+            "the name of an environment variable holding one in base64): the first encrypts, "
+            "any of them decrypts")
+    return [_encryption_key(f"encryption_keys[{i}]", k) for i, k in enumerate(keys)]
+
+
+def _encryption_key(option: str, value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        if len(value) != KEY_SIZE:
+            raise ConfigurationError(
+                f"{option} must be {KEY_SIZE} bytes (AES-256), not {len(value)}: make one with "
+                f"os.urandom({KEY_SIZE}), or store it base64-encoded in an environment variable "
+                "and pass that variable's name")
+        return bytes(value)
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"{option} must be {KEY_SIZE} bytes, or the name of an environment variable holding "
+            f"the key in base64, not {type(value).__name__}")
+    if len(value) > _SHOWN_NAME or not _VARIABLE.match(value):
+        raise ConfigurationError(
+            f"{option} is a string, so it names an environment variable, but this one "
+            f"({len(value)} characters) is no variable name — is it the key itself? Put the "
+            f"key, base64-encoded, in an environment variable and pass its name, or pass the "
+            f"{KEY_SIZE} bytes")
+    text = os.environ.get(value)
+    if not text:
+        raise ConfigurationError(
+            f"{option} names the environment variable {value}, which is not set: set it to "
+            f"the database's key, base64-encoded (a new one: {NEW_KEY_HINT})")
+    try:
+        decoded = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if len(decoded) != KEY_SIZE:
+        raise ConfigurationError(
+            f"the environment variable {value} ({option}) does not hold a {KEY_SIZE}-byte key "
+            f"in base64 (a new one: {NEW_KEY_HINT})")
+    return decoded

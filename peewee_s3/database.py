@@ -12,7 +12,7 @@ import inspect
 import logging
 import os
 import threading
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from peewee import Database, InterfaceError, SqliteDatabase
@@ -91,7 +91,9 @@ class S3SqliteDatabase(SqliteDatabase):
             key_prefix: Optional[str] = _UNSET, region: Optional[str] = _UNSET,
             endpoint_url: Optional[str] = _UNSET, force_path_style: bool = _UNSET,
             credentials: Optional[Mapping[str, str]] = _UNSET,
-            storage_options: Optional[Mapping[str, Any]] = _UNSET, sync_mode: str = _UNSET,
+            storage_options: Optional[Mapping[str, Any]] = _UNSET,
+            encryption_key: Any = _UNSET, encryption_keys: Optional[Sequence[Any]] = _UNSET,
+            sync_mode: str = _UNSET,
             sync_interval: float = _UNSET, snapshot_interval: float = _UNSET,
             snapshot_on_shutdown: bool = _UNSET,
             lock_ttl: float = _UNSET, lock_wait: float = _UNSET, force_lock: bool = _UNSET,

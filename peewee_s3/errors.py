@@ -13,6 +13,11 @@ class ConfigurationError(PeeweeS3Error, ValueError):
     """An option is missing or wrong, or the storage cannot do what the options ask."""
 
 
+class EncryptionError(ConfigurationError):
+    """The database is encrypted and no key, or not the key it was written with, was given;
+    or a key was given for a database stored in plain."""
+
+
 class StorageError(PeeweeS3Error, OSError):
     """The storage could not be read or written (after botocore's retries)."""
 

@@ -3,6 +3,7 @@ message or traceback of any error we can provoke, nor the output of the command 
 
 A sentinel secret stands in for the credentials; every text a user could see is scanned for it.
 """
+import base64
 import logging
 import os
 import subprocess
@@ -220,3 +221,88 @@ def test_the_cli_fails_without_showing_a_secret(request, where):
         code, output = run_cli(*flags, *command, env=env)
         assert code == 1, output
         assert_clean(output)
+
+
+# -- encryption keys ---------------------------------------------------------------------------
+
+KEY_TEXT = "SENTINELencryptionKey" + "A" * 22 + "="   # base64 of the 32-byte key below
+KEY = base64.b64decode(KEY_TEXT)
+OTHER_KEY = bytes(range(32))
+
+
+def assert_no_key(*texts):
+    """Neither the key as the environment holds it (base64) nor its bytes, raw or in hex."""
+    for text in map(str, texts):
+        for shown in (KEY_TEXT[:16], KEY.hex()[:16], repr(KEY)[2:18]):
+            assert shown not in text, f"the encryption key shows in: {text[:2000]}"
+
+
+def test_an_encrypted_session_logs_and_shows_no_key(tmp_path, moto_kwargs, logs, monkeypatch):
+    monkeypatch.setenv("APP_DB_KEY", KEY_TEXT)
+    db = make_db(tmp_path / "a.db", moto_kwargs, sync_mode="sync", verbose=True,
+                 encryption_keys=["APP_DB_KEY", OTHER_KEY])
+    db.create_tables([Note])
+    Note.create(body="one")
+    db.snapshot()
+    shown = [repr(db), db.status(), repr(db.options), repr(db._session.role.storage),
+             repr(db.options.keyring)]
+    db.shutdown()
+    restore(target=str(tmp_path / "r.db"), database_name=NAME, encryption_key=KEY,
+            **moto_kwargs)
+    assert_no_key(*shown, *logs.texts)
+    assert_clean(*shown, *logs.texts)
+
+
+@pytest.mark.parametrize("kind", ["without_key", "wrong_key", "plain_read_with_key",
+                                  "key_as_variable_name", "key_in_a_url"])
+def test_encryption_errors_show_no_key(tmp_path, logs, monkeypatch, kind):
+    store = {"storage": f"file://{tmp_path}/store"}
+    db = make_db(tmp_path / "a.db", store, sync_mode="sync",
+                 **({} if kind == "plain_read_with_key" else {"encryption_key": KEY}))
+    db.create_tables([Note])
+    db.shutdown()
+    given = {"without_key": {}, "wrong_key": {"encryption_key": OTHER_KEY},
+             "plain_read_with_key": {"encryption_key": KEY},
+             "key_as_variable_name": {"encryption_key": KEY_TEXT}}.get(kind)
+    with pytest.raises(PeeweeS3Error) as raised:
+        if kind == "key_in_a_url":
+            db_url.connect(f"s3sqlite:///{tmp_path}/b.db?storage=file://{tmp_path}/store"
+                           f"&database_name={NAME}&encryption_key={KEY_TEXT}")
+        else:
+            restore(target=str(tmp_path / "r.db"), database_name=NAME, **given, **store)
+    assert_no_key(*error_texts(raised.value), *logs.texts)
+
+
+@pytest.fixture
+def encrypted_cli_storage(tmp_path, moto_kwargs, cli_storage):
+    """cli_storage's flags, for a database encrypted with KEY (an empty one: cli_storage's
+    own stays plain, under another name)."""
+    db = make_db(tmp_path / "e.db", moto_kwargs, sync_mode="sync", database_name="encrypted",
+                 encryption_key=KEY)
+    db.create_tables([Note])
+    Note.create(body="one")
+    db.shutdown()
+    flags = list(cli_storage)
+    flags[flags.index("--database-name") + 1] = "encrypted"
+    return flags
+
+
+@pytest.mark.parametrize("command", [
+    ["status"], ["generations"], ["verify"], ["restore", "-o", "{out}"],
+])
+def test_the_cli_shows_no_key(tmp_path, encrypted_cli_storage, command):
+    command = [part.format(out=tmp_path / "out.db") for part in command]
+    code, output = run_cli(*encrypted_cli_storage, *command,
+                           env={"PEEWEE_S3_ENCRYPTION_KEY": KEY_TEXT})
+    assert code == 0, output
+    assert_no_key(output)
+    assert_clean(output)
+
+
+def test_the_cli_fails_on_a_wrong_key_without_showing_either(tmp_path, encrypted_cli_storage):
+    wrong = base64.b64encode(OTHER_KEY).decode()
+    code, output = run_cli(*encrypted_cli_storage, "restore", "-o", str(tmp_path / "out.db"),
+                           env={"PEEWEE_S3_ENCRYPTION_KEY": wrong})
+    assert code == 1 and "another key" in output, output
+    assert wrong not in output
+    assert_no_key(output)

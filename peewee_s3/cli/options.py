@@ -1,5 +1,6 @@
 """cli.options: the library's `Options` from flags and PEEWEE_S3_* variables, and the storage
-they open.
+they open. An encryption key comes only from the environment (never a flag's value, which
+shell history keeps).
 
 Validation stays in `peewee_s3.config`; this only gathers what was given and says which
 values are secrets, so that no error line shows them.
@@ -20,6 +21,7 @@ from ..storage import Storage, open_storage
 
 ENV = {"storage": "PEEWEE_S3_STORAGE", "database_name": "PEEWEE_S3_DATABASE_NAME",
        "key_prefix": "PEEWEE_S3_KEY_PREFIX", "endpoint_url": "PEEWEE_S3_ENDPOINT_URL"}
+ENCRYPTION_KEY_ENV = "PEEWEE_S3_ENCRYPTION_KEY"
 _SECRET_OPTIONS = ("key", "secret", "token", "password", "secret_access_key", "session_token")
 
 
@@ -62,7 +64,16 @@ def build_options(args: argparse.Namespace) -> Options:
         **given, region=getattr(args, "region", None), force_path_style=args.force_path_style,
         credentials={"access_key_id": key_id, "secret_access_key": secret} if key_id else None,
         storage_options=_storage_options(getattr(args, "storage_option", None) or []),
-        verbose=args.verbose)
+        encryption_keys=_encryption_key_variables(args), verbose=args.verbose)
+
+
+def _encryption_key_variables(args: argparse.Namespace) -> Optional[list]:
+    """The names of the variables holding the keys (Options reads them): those given with
+    --encryption-key-env, newest first, else PEEWEE_S3_ENCRYPTION_KEY if it is set."""
+    names = getattr(args, "encryption_key_env", None)
+    if names:
+        return list(names)
+    return [ENCRYPTION_KEY_ENV] if os.environ.get(ENCRYPTION_KEY_ENV) else None
 
 
 def _storage_options(pairs: list) -> Optional[dict]:
@@ -81,6 +92,9 @@ def _storage_options(pairs: list) -> Optional[dict]:
 def secret_values(args: argparse.Namespace) -> list:
     """The secrets given on the command line, to blank out of anything printed."""
     values = [getattr(args, "secret_access_key", None)]
+    names = getattr(args, "encryption_key_env", None) or [ENCRYPTION_KEY_ENV]
+    values += [text for text in (os.environ.get(name, "").strip() for name in names)
+               if len(text) >= 8]  # shorter: no key, and blanking it would garble the line
     for pair in getattr(args, "storage_option", None) or []:
         key, _, value = pair.partition("=")
         if key.lower() in _SECRET_OPTIONS:

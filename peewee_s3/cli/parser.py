@@ -12,7 +12,7 @@ from .. import __version__
 from ..retention import ABANDONED_AFTER, KEEP_GENERATIONS, MAX_AGE
 from .generations import cmd_generations
 from .lease import cmd_lease_release
-from .options import ENV
+from .options import ENCRYPTION_KEY_ENV, ENV
 from .output import PROG
 from .prune import cmd_prune
 from .restore import cmd_restore
@@ -24,6 +24,8 @@ EPILOG = f"""\
 The storage options may also come from the environment: {', '.join(ENV.values())}.
 S3 credentials come from --access-key-id/--secret-access-key, or else from the AWS chain
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, ~/.aws, instance roles).
+An encrypted database's key comes from {ENCRYPTION_KEY_ENV} (base64), or from the variables
+that --encryption-key-env names: never from a flag's value, which shell history would keep.
 Times are printed in UTC. Exit status: 0 done, 1 failed (one line on stderr), 2 bad usage,
 130 interrupted, 141 stdout closed early (as in `peewee-s3 generations --json | head`).
 
@@ -194,6 +196,10 @@ def _add_storage_options(parser: argparse.ArgumentParser, *, suppress: bool) -> 
     group.add_argument("--secret-access-key", metavar="SECRET", **default,
                        help="S3 secret key (prefer AWS_SECRET_ACCESS_KEY: a flag is visible to "
                             "other users of this machine)")
+    group.add_argument("--encryption-key-env", action="append", metavar="NAME", **default,
+                       help=f"the environment variable holding the database's encryption key "
+                            f"(base64 of 32 bytes; default {ENCRYPTION_KEY_ENV} if it is set); "
+                            f"repeat for older keys after the newest, which encrypts")
     group.add_argument("--storage-option", action="append", metavar="KEY=VALUE", **default,
                        help="passed to fsspec as-is; VALUE is read as JSON if it parses, "
                             "repeatable")

@@ -4,6 +4,7 @@ One `Storage` per root of an fsspec filesystem: `s3` (S3 through s3fs), `local` 
 directory) or `other` (any other fsspec protocol), opened by `opening.open_storage`. Every error
 from fsspec, s3fs, botocore or the OS is turned into a `peewee_s3.errors` exception by
 `translation`, and `redaction` keeps every message, repr and log line free of secrets.
+A database's objects pass through `sealed` (encryption at rest, see `peewee_s3.envelope`).
 """
 
 from .base import CHUNK_SIZE, ObjectInfo, Progress, Storage, Tag
@@ -11,6 +12,7 @@ from .local import LocalStorage
 from .opening import RETRIES, WORKING_PROTOCOLS, open_storage
 from .other import FsspecStorage
 from .s3 import STREAM_PIECE, S3Storage
+from .sealed import SealedStorage
 
 __all__ = [
     "CHUNK_SIZE",
@@ -22,6 +24,7 @@ __all__ = [
     "ObjectInfo",
     "Progress",
     "S3Storage",
+    "SealedStorage",
     "Storage",
     "Tag",
     "open_storage",

@@ -13,12 +13,14 @@ from urllib.parse import urlsplit
 
 import fsspec
 
+from ..envelope import Keyring
 from ..errors import ConfigurationError, NothingToRestoreError
 from .base import CHUNK_SIZE, Storage
 from .local import LocalStorage
 from .other import FsspecStorage
 from .redaction import _safe_url, _secrets
 from .s3 import S3Storage
+from .sealed import SealedStorage
 
 RETRIES = {"mode": "standard", "total_max_attempts": 3}  # botocore's retries; we add none
 WORKING_PROTOCOLS = "s3://bucket[/path], file:///dir, memory://name, or another fsspec protocol"
@@ -35,17 +37,20 @@ def open_storage(
     storage_options: Optional[Mapping[str, Any]] = None,
     download_streams: Optional[int] = None,
     create_root: bool = True,
+    encryption: Optional[Keyring] = None,
 ) -> Storage:
     """Open the storage named by an fsspec URL, or by a filesystem instance plus `storage_root`.
     `download_streams`: ranged GETs at once for a large S3 download (None: by endpoint).
     `create_root`: a writer's storage makes a missing local directory; a reader's
     (`create_root=False`) refuses it with NothingToRestoreError, so a typo leaves nothing behind.
+    `encryption`: the database's keys; given (even empty), objects pass through a SealedStorage
+    that seals them (an empty keyring: refuses to read sealed ones). None: the backend itself.
     """
     store = _open_storage(storage, storage_root, region, endpoint_url, force_path_style,
                           credentials, storage_options, create_root)
     if download_streams is not None and isinstance(store, S3Storage):
         store.download_streams = download_streams
-    return store
+    return store if encryption is None else SealedStorage(store, encryption)
 
 
 def _open_storage(storage, storage_root, region, endpoint_url, force_path_style, credentials,
