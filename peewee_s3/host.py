@@ -384,13 +384,16 @@ class HostSession:
 
     def shutdown(self) -> None:
         """Leave: a replicator ships and releases the lease (leaving the WAL and the file to
-        the other processes, if any, one of which takes over), a member just goes."""
+        the other processes, if any, one of which takes over); a member waits until its
+        commits are durable, taking over if nobody replicates any more."""
         if self.closed:
             return
         self._stop.set()
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join()
         role = self._role
+        if isinstance(role, Member) and self._leave_as_member():
+            role = self._role  # it replicates now, and leaves as a replicator does
         if isinstance(role, Session):
             others = not self._alone()
             try:
@@ -403,6 +406,39 @@ class HostSession:
             return
         role.shutdown()
         self._close()
+
+    def _leave_as_member(self) -> bool:
+        """A member leaves once what it committed is durable: shipped by the replicating
+        process, or — if none is left (it may have handed over to this one, seeing it still
+        here) — by this one, which then replicates. True if it took over. (Before, a member
+        just left: its last commits could stay only in the local file.)"""
+        committed_at = time.time()
+        salts, frame = wal_end(self.path)
+        deadline = time.monotonic() + DURABLE_WAIT
+        pause, rung = 0.0005, float("-inf")
+        while True:
+            if self._take_host_lock():
+                try:
+                    self._replicate()
+                except BaseException:
+                    self._close()
+                    raise
+                log.info("%s: no process replicates it, so this one ships what is left before "
+                         "it goes", self.path)
+                return True
+            state = read_state(self.path)
+            if state is not None and (state.covers(salts, frame, committed_at) or state.fenced):
+                return False
+            if time.monotonic() > deadline:
+                log.warning("left %s before the replicating process shipped its last commits "
+                            "(they stand in the local file; it, or the next process to open "
+                            "the file, ships them)", self.path)
+                return False
+            if time.monotonic() - rung > 0.5:
+                self.doorbell.ring(urgent=True)
+                rung = time.monotonic()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
 
     def close_broken(self) -> None:
         """The local file is gone: end the session for every object of this process (the

@@ -103,3 +103,33 @@ def run_four_and_kill_the_replicating_one(tmp_path, shared_kwargs, mode, workers
     acknowledged = {tag for w in workers for tag in w.acknowledged}
     assert acknowledged <= stored
     assert all(w.finished for w in others)
+
+
+def test_a_member_leaving_ships_what_the_replicating_process_did_not(tmp_path):
+    """The replicating process stops shipping (SIGSTOP) and then dies; a member that leaves
+    meanwhile waits until its commits are durable, taking over to ship them itself — a
+    member used to just go, leaving its last commits only in the local file."""
+    kwargs = {"storage": f"file://{tmp_path}/store"}
+    first = Worker(tmp_path, "async", kwargs)
+    workers = [first]
+    try:
+        first.wait_for(lambda: len(first.acknowledged) >= 20)
+        member = Worker(tmp_path, "async", kwargs)
+        workers.append(member)
+        member.wait_for(lambda: len(member.acknowledged) >= 20)
+        assert member.role == "member"
+        first.proc.send_signal(signal.SIGSTOP)       # stuck: it holds the host lock, ships nothing
+        count = len(member.acknowledged)
+        member.wait_for(lambda: len(member.acknowledged) >= count + 20)
+        (tmp_path / "stop").touch()
+        time.sleep(1.0)
+        assert not member.finished                   # it waits for its commits to be shipped
+        first.kill()
+        member.join()
+        assert member.finished
+    finally:
+        for worker in workers:
+            if worker.proc.poll() is None:
+                worker.kill()
+    stored = restored_tags(tmp_path, kwargs)
+    assert set(first.acknowledged) | set(member.acknowledged) <= stored
