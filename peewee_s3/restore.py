@@ -155,6 +155,10 @@ def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[fl
     `merged`: read merged segments where there are some (default: unless restoring to `at`).
     `prepare(conn)` runs on the integrity check's connection first: it registers the functions
     and collations the schema uses (indexes on expressions, CHECK constraints)."""
+    if at is not None and merged:
+        raise ConfigurationError(
+            "a restore to a point in time cannot read merged segments: their commits before "
+            "the last carry no pages. Leave merged unset (or False) with `at`")
     end: Optional[Callable[[], Optional[int]]] = None  # the last segment to read, when asked
     if generation is not None:
         try:
