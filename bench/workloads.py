@@ -76,6 +76,7 @@ class Settings:
     restore_commits: int = 2000  # P5: segments on top of the large database
     trickle_rate: float = 2.0  # P7: commits per second, for trickle_seconds
     trickle_seconds: float = 15.0
+    shutdown_commits: int = 5  # P8: commits before the shutdown whose uploads are counted
 
     @classmethod
     def quick(cls, size: Optional[int] = None) -> "Settings":
@@ -361,7 +362,9 @@ def _peewee_s3_restore(bench: Bench, p5: bool, p6: bool) -> list:
     try:
         wrote = _run_child("writer", path, target.bucket, target.endpoint, str(s.restore_commits))
         out = os.path.join(os.path.dirname(path), "restored.db")
+        bench.proxy.reset()
         restored = _run_child("restore", out, target.bucket, target.endpoint)["restore"]
+        requests = bench.proxy.reset()
         if restored["commits"] != s.restore_commits or _items(out) != s.restore_commits:
             raise RuntimeError(f"peewee-s3 restored {restored['commits']} commits, not "
                                f"{s.restore_commits}")
@@ -374,7 +377,8 @@ def _peewee_s3_restore(bench: Bench, p5: bool, p6: bool) -> list:
     snap, restore = wrote["snapshot"], restored
     bench.log(f"P5 peewee-s3: snapshot {snap['seconds']:.1f} s, {s.restore_commits} commits "
               f"{wrote['commits']['seconds']:.1f} s, restore {restore['seconds']:.2f} s "
-              f"({restore['segments']} segments), {ranged['seconds']:.2f} s with "
+              f"({restore['segments']} segments; {requests.get('GET')} GETs, "
+              f"{requests.total} requests), {ranged['seconds']:.2f} s with "
               f"{RANGED_STREAMS} ranged GETs, plain download {download:.2f} s; peak RSS "
               f"snapshot {snap['rss'] / MiB:.0f} MiB, restore {restore['rss'] / MiB:.0f} MiB")
     results = []
@@ -455,6 +459,51 @@ def _items(path: str) -> int:
         return conn.execute("SELECT count(*) FROM item").fetchone()[0]
     finally:
         conn.close()
+
+
+# -- P8 ------------------------------------------------------------------------------------
+
+def p8_shutdown_cold_start(bench: Bench) -> list:
+    """A shutdown after a few commits, counted at the proxy (under the default policy it ships
+    them and releases the lease: no snapshot); then a cold start from what it left — a new
+    machine with an empty disk, timed from connect() to its first query — against one plain
+    GET of the snapshot."""
+    s = bench.settings
+    path = bench.large_copy("s3-shutdown")
+    target = bench.target("s3-cold-start")
+    system = make_system("s3-async", path, target)
+    try:
+        system.start()  # a new lineage: connect() uploads the snapshot
+        with system.db.bind_ctx([Item]):
+            for _ in range(s.shutdown_commits):
+                insert_one()
+        bench.wait_quiet()
+        bench.proxy.reset()
+        started = time.monotonic()
+        system.db.shutdown()
+        shutdown_seconds = time.monotonic() - started
+        shutdown = bench.proxy.reset()
+        cold = bench.fresh_path("s3-cold-start")
+        started = time.monotonic()
+        report = _run_child("coldstart", cold, target.bucket, target.endpoint)["coldstart"]
+        connect = bench.proxy.reset()
+        if report["rows"] != s.shutdown_commits:
+            raise RuntimeError(f"the cold start found {report['rows']} rows, not "
+                               f"{s.shutdown_commits}")
+        download = _plain_download(bench, target, os.path.join(os.path.dirname(cold), "dl.db"))
+    finally:
+        system.stop()
+        bench.server.empty_bucket(target.bucket)
+    bench.log(f"P8 peewee-s3: shutdown after {s.shutdown_commits} commits uploaded "
+              f"{shutdown.uploaded:,} B in {shutdown.puts} PUTs ({shutdown_seconds:.2f} s); cold "
+              f"start {report['seconds']:.2f} s (connect {report['connect']:.2f} s, which "
+              f"uploaded {connect.uploaded:,} B), plain download {download:.2f} s; peak RSS "
+              f"{report['rss'] / MiB:.0f} MiB")
+    return [Result("P8.shutdown", "s3-async", shutdown.uploaded),
+            Result("P8.coldstart", "s3", report["seconds"]),
+            Result("P8.coldstart", "download", download),
+            Result("P8.coldstart_uploaded", "s3", connect.uploaded),
+            Result("P8.coldstart_rss", "s3", report["rss"] / MiB)]
 
 
 # -- P7 ------------------------------------------------------------------------------------
@@ -564,6 +613,7 @@ WORKLOADS = {w.id: w for w in (
     Workload("P5", "restore time of a large database", PEEWEE_S3 + ("litestream",)),
     Workload("P6", "peak RSS while snapshotting and restoring it", PEEWEE_S3 + ("litestream",)),
     Workload("P7", "bytes uploaded per hour for a trickle of writes", ASYNC),
+    Workload("P8", "bytes uploaded by a shutdown; cold start on an empty disk", ("s3-async",)),
 )}
 
 
@@ -592,4 +642,6 @@ def run_selected(bench: Bench, only: list, systems: list, round_: int = 0) -> li
         results += p5_p6_restore(bench, restore, "P5" in only, "P6" in only)
     if chosen("P7"):
         results += p7_trickle(bench, chosen("P7"))
+    if chosen("P8"):
+        results += p8_shutdown_cold_start(bench)
     return results
