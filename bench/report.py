@@ -96,6 +96,8 @@ FIGURES = {
                          goal_text="<= {restore_ratio:g} x download, <= 0.5 x Litestream",
                          goal=lambda m, _, settings: (v := _get(m, "s3", "litestream", "download"))
                          and v[0] <= 0.5 * v[1] and v[0] <= restore_ratio(settings) * v[2]),
+    "P5.cpu": Figure("P5", "... CPU seconds of the restoring process (start to exit)", "s",
+                     fmt="{:.2f}"),
     "P5.snapshot": Figure("P5", "first full upload of the {size} database", "s", fmt="{:.2f}"),
     "P6.snapshot": Figure("P6", "peak RSS of the writer, {size} database (snapshot)", "MiB",
                           goal_text="< 100 MB",

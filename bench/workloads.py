@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -346,6 +347,19 @@ def p5_p6_restore(bench: Bench, systems: list, p5: bool, p6: bool) -> list:
     return results
 
 
+@contextlib.contextmanager
+def children_cpu() -> Iterator[dict]:
+    """CPU seconds (user + system) of the child processes that end inside the block: the
+    bench's own children only end when it stops them, so around one step it is that step's."""
+    def used() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+    out: dict = {}
+    before = used()
+    yield out
+    out["seconds"] = used() - before
+
+
 def _run_child(*args: str) -> dict:
     """Run `python -m bench.child ...`; returns its reports by step."""
     process = python_module("child", *args, stdout=subprocess.PIPE, text=True)
@@ -363,7 +377,8 @@ def _peewee_s3_restore(bench: Bench, p5: bool, p6: bool) -> list:
         wrote = _run_child("writer", path, target.bucket, target.endpoint, str(s.restore_commits))
         out = os.path.join(os.path.dirname(path), "restored.db")
         bench.proxy.reset()
-        restored = _run_child("restore", out, target.bucket, target.endpoint)["restore"]
+        with children_cpu() as cpu:
+            restored = _run_child("restore", out, target.bucket, target.endpoint)["restore"]
         requests = bench.proxy.reset()
         if restored["commits"] != s.restore_commits or _items(out) != s.restore_commits:
             raise RuntimeError(f"peewee-s3 restored {restored['commits']} commits, not "
@@ -378,12 +393,13 @@ def _peewee_s3_restore(bench: Bench, p5: bool, p6: bool) -> list:
     bench.log(f"P5 peewee-s3: snapshot {snap['seconds']:.1f} s, {s.restore_commits} commits "
               f"{wrote['commits']['seconds']:.1f} s, restore {restore['seconds']:.2f} s "
               f"({restore['segments']} segments; {requests.get('GET')} GETs, "
-              f"{requests.total} requests), {ranged['seconds']:.2f} s with "
+              f"{requests.total} requests; {cpu['seconds']:.2f} CPU s), {ranged['seconds']:.2f} s with "
               f"{RANGED_STREAMS} ranged GETs, plain download {download:.2f} s; peak RSS "
               f"snapshot {snap['rss'] / MiB:.0f} MiB, restore {restore['rss'] / MiB:.0f} MiB")
     results = []
     if p5:
         results += [Result("P5.restore", "s3", restore["seconds"]),
+                    Result("P5.cpu", "s3", cpu["seconds"]),
                     Result("P5.restore", "s3-ranged", ranged["seconds"]),
                     Result("P5.restore", "download", download),
                     Result("P5.snapshot", "s3", snap["seconds"])]
@@ -427,11 +443,12 @@ def _litestream_restore(bench: Bench, p5: bool, p6: bool) -> list:
         system.stop()
         out = os.path.join(os.path.dirname(path), "restored.db")
         started = time.monotonic()
-        process = subprocess.Popen(
-            [litestream_binary(), "restore", "-config", system.config, "-integrity-check",
-             "full", "-o", out, path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=clean_aws_env())
-        rss = wait_peak_rss(process, timeout=3600)
+        with children_cpu() as cpu:
+            process = subprocess.Popen(
+                [litestream_binary(), "restore", "-config", system.config, "-integrity-check",
+                 "full", "-o", out, path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=clean_aws_env())
+            rss = wait_peak_rss(process, timeout=3600)
         seconds = time.monotonic() - started
         if process.returncode != 0:
             raise RuntimeError(f"litestream restore failed: {process.stdout.read()[-2000:]!r}")
@@ -441,11 +458,13 @@ def _litestream_restore(bench: Bench, p5: bool, p6: bool) -> list:
     finally:
         system.stop()
         bench.server.empty_bucket(target.bucket)
-    bench.log(f"P5 Litestream: first sync {first_sync:.1f} s, restore {seconds:.2f} s; peak RSS "
+    bench.log(f"P5 Litestream: first sync {first_sync:.1f} s, restore {seconds:.2f} s "
+              f"({cpu['seconds']:.2f} CPU s); peak RSS "
               f"replicating {system.peak_rss / MiB:.0f} MiB, restore {rss / MiB:.0f} MiB")
     results = []
     if p5:
         results += [Result("P5.restore", "litestream", seconds),
+                    Result("P5.cpu", "litestream", cpu["seconds"]),
                     Result("P5.snapshot", "litestream", first_sync)]
     if p6:
         results += [Result("P6.snapshot", "litestream", system.peak_rss / MiB),
