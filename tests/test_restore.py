@@ -1,8 +1,11 @@
 """restore(): exact committed states, and corruption refused with the target untouched."""
 import json
+import os
 import pathlib
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
@@ -235,3 +238,41 @@ def test_a_point_in_time_through_merged_segments_is_refused(tmp_path, format_1_s
         restore_to(storage, Layout("app"), str(tmp_path / "r.db"), at=time.time(),
                    merged=True)
     assert not (tmp_path / "r.db").exists()
+
+
+# A restore in a process that may write files of at most LIMIT bytes: a full disk, as far as
+# the restored copy is concerned (RLIMIT_FSIZE; the signal it sends is ignored, so the write
+# fails with EFBIG instead).
+RESTORE_ON_A_FULL_DISK = """
+import json, resource, signal, sys
+from peewee_s3 import restore
+from peewee_s3.errors import LocalWriteError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), resource.RLIM_INFINITY))
+try:
+    restore(**json.loads(sys.argv[1]), database_name="app", target=sys.argv[2])
+except LocalWriteError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_a_disk_that_fills_up_while_the_snapshot_downloads_is_said_and_leaves_nothing(
+        tmp_path, shared_kwargs):
+    db = make_db(tmp_path / "a.db", shared_kwargs)
+    db.create_tables([Note])
+    with db.atomic():
+        for i in range(2000):
+            Note.create(body=f"note {i} " + "x" * 500)
+    db.snapshot()   # about 1.2 MiB: several download pieces
+    db.shutdown()
+    out = tmp_path / "out"
+    out.mkdir()
+    limit = 256 << 10
+    ran = subprocess.run(
+        [sys.executable, "-c", RESTORE_ON_A_FULL_DISK, json.dumps(shared_kwargs),
+         str(out / "r.db"), str(limit)], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])})
+    assert ran.returncode == 3, ran.stderr[-2000:]
+    assert "could not write the restored copy" in ran.stdout and "free space" in ran.stdout
+    assert list(out.iterdir()) == []
