@@ -8,6 +8,10 @@
     python -m bench.child restore TARGET BUCKET ENDPOINT [STREAMS]
         peewee_s3.restore() the latest state into TARGET (with download_streams=STREAMS if
         given; otherwise its default, one stream on loopback).
+    python -m bench.child coldstart PATH BUCKET ENDPOINT
+        a new machine with an empty disk: S3SqliteDatabase at PATH (which does not exist) with
+        the defaults, timed from connect() (which restores) to the end of its first query; then
+        exits WITHOUT shutdown(), so that what the bench counts at the proxy is connect()'s.
 
 Each prints one JSON object a line: {"step", "seconds", "rss", ...}; rss is the process's peak
 RSS so far in bytes (VmHWM), `rss_idle` the peak before the step began (imports done).
@@ -67,11 +71,31 @@ def restore(target: str, bucket: str, endpoint: str, streams: str = "") -> None:
          segments=state.seq, commits=state.commits)
 
 
+def coldstart(path: str, bucket: str, endpoint: str) -> None:
+    import peewee_s3
+    from bench.systems import PRAGMAS
+    from bench.workloads import Item
+
+    db = peewee_s3.S3SqliteDatabase(path, pragmas=PRAGMAS, **_storage(bucket, endpoint))
+    idle = peak_rss()
+    started = time.monotonic()
+    db.connect()
+    connected = time.monotonic() - started
+    with db.bind_ctx([Item]):
+        rows = Item.select().count()
+    _say(step="coldstart", seconds=time.monotonic() - started, connect=connected, rows=rows,
+         rss=peak_rss(), rss_idle=idle, generation=db.status()["generation"])
+    sys.stdout.flush()
+    os._exit(0)  # no shutdown(): see the module docstring
+
+
 if __name__ == "__main__":
     step, *args = sys.argv[1:]
     if step == "writer":
         writer(args[0], args[1], args[2], int(args[3]))
     elif step == "restore":
         restore(*args)
+    elif step == "coldstart":
+        coldstart(*args)
     else:
         raise SystemExit(f"unknown step {step!r}")

@@ -28,7 +28,8 @@ LABELS = {
 ORDER = list(LABELS)
 
 Medians = dict  # system -> median value of one figure
-Goal = Callable[[Medians, dict], Optional[bool]]  # (medians, medians of every figure) -> met?
+# (medians, medians of every figure, the run's Settings) -> met? (None: a row it needs is missing)
+Goal = Callable[[Medians, dict, object], Optional[bool]]
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def _upload_seconds(every: dict) -> float:
 
 
 def _lag_goal(interval: float) -> Goal:
-    def met(m: Medians, every: dict) -> Optional[bool]:
+    def met(m: Medians, every: dict, *_) -> Optional[bool]:
         if "s3-async" not in m or "litestream" not in m:
             return None
         return m["s3-async"] <= interval + _upload_seconds(every) and m["s3-async"] < m["litestream"]
@@ -64,25 +65,25 @@ def _get(m: Medians, *names: str) -> Optional[tuple]:
 FIGURES = {
     "P1": Figure("P1", "single-row inserts per second (commit path)", "/s", ref="plain",
                  goal_text="async >= 0.95 x plain",
-                 goal=lambda m, _: (v := _get(m, "s3-async", "plain")) and v[0] >= 0.95 * v[1]),
+                 goal=lambda m, *_: (v := _get(m, "s3-async", "plain")) and v[0] >= 0.95 * v[1]),
     "P2.sync1": Figure("P2", "PUT requests per commit, sync, 1 writer thread", "PUT",
                        fmt="{:.2f}", goal_text="exactly 1 (lease renewals aside)",
-                       goal=lambda m, _: "s3-sync" in m and abs(m["s3-sync"] - 1) <= 0.02),
+                       goal=lambda m, *_: "s3-sync" in m and abs(m["s3-sync"] - 1) <= 0.02),
     "P2.sync8": Figure("P2", "PUT requests per commit, sync, {threads} writer threads", "PUT",
                        fmt="{:.2f}", goal_text="well under 1 (<= 0.5)",
-                       goal=lambda m, _: "s3-sync" in m and m["s3-sync"] <= 0.5),
+                       goal=lambda m, *_: "s3-sync" in m and m["s3-sync"] <= 0.5),
     "P2.requests1": Figure("P2", "requests per commit, all methods, sync, 1 thread", "req",
                            fmt="{:.2f}"),
     "P2.latency": Figure("P2", "commit latency p50, sync, 1 thread", "ms", fmt="{:.1f}"),
     "P2.async": Figure("P2", "PUT requests per second, async at 1 s, {rate:g} commits/s", "/s",
                        fmt="{:.2f}", goal_text="<= 1 per sync_interval",
-                       goal=lambda m, _: "s3-async" in m and m["s3-async"] <= 1.05),
+                       goal=lambda m, *_: "s3-async" in m and m["s3-async"] <= 1.05),
     "P3.async": Figure("P3", "bytes uploaded per commit, async at 1 s (plain: WAL bytes)", "B",
                        ref="plain", goal_text="<= Litestream's",
-                       goal=lambda m, _: (v := _get(m, "s3-async", "litestream")) and v[0] <= v[1]),
+                       goal=lambda m, *_: (v := _get(m, "s3-async", "litestream")) and v[0] <= v[1]),
     "P3.sync": Figure("P3", "bytes uploaded per commit, sync (plain: WAL bytes)", "B",
                       ref="plain", goal_text="<= WAL bytes per commit",
-                      goal=lambda m, _: (v := _get(m, "s3-sync", "plain")) and v[0] <= v[1]),
+                      goal=lambda m, *_: (v := _get(m, "s3-sync", "plain")) and v[0] <= v[1]),
     "P4.p50@1": Figure("P4", "replication lag p50, interval 1 s", "s", fmt="{:.3f}"),
     "P4.p99@1": Figure("P4", "replication lag p99, interval 1 s", "s", fmt="{:.3f}",
                        goal_text="<= 1 s + one upload, < Litestream's", goal=_lag_goal(1.0)),
@@ -91,23 +92,43 @@ FIGURES = {
                          goal_text="<= 0.1 s + one upload, < Litestream's",
                          goal=_lag_goal(0.1)),
     "P5.restore": Figure("P5", "restore time, {size} + {commits} commits", "s", fmt="{:.2f}",
-                         ref="download", goal_text="<= 0.5 x Litestream, <= 2 x download",
-                         goal=lambda m, _: (v := _get(m, "s3", "litestream", "download"))
-                         and v[0] <= 0.5 * v[1] and v[0] <= 2 * v[2]),
+                         ref="download",
+                         goal_text="<= {restore_ratio:g} x download, <= 0.5 x Litestream",
+                         goal=lambda m, _, settings: (v := _get(m, "s3", "litestream", "download"))
+                         and v[0] <= 0.5 * v[1] and v[0] <= restore_ratio(settings) * v[2]),
+    "P5.cpu": Figure("P5", "... CPU seconds of the restoring process (start to exit)", "s",
+                     fmt="{:.2f}"),
     "P5.snapshot": Figure("P5", "first full upload of the {size} database", "s", fmt="{:.2f}"),
     "P6.snapshot": Figure("P6", "peak RSS of the writer, {size} database (snapshot)", "MiB",
                           goal_text="< 100 MB",
-                          goal=lambda m, _: "s3" in m and m["s3"] < 100 * MB_IN_MiB),
+                          goal=lambda m, *_: "s3" in m and m["s3"] < 100 * MB_IN_MiB),
     "P6.restore": Figure("P6", "peak RSS of the restore, {size} database", "MiB",
-                         goal_text="< 100 MB",
-                         goal=lambda m, _: "s3" in m and m["s3"] < 100 * MB_IN_MiB),
+                         goal_text="< 100 MB, <= Litestream's",
+                         goal=lambda m, *_: (v := _get(m, "s3", "litestream"))
+                         and v[0] < 100 * MB_IN_MiB and v[0] <= v[1]),
     "P6.idle": Figure("P6", "RSS of the process before the step (imports, no work)", "MiB"),
     "P7.total": Figure("P7", "uploaded per hour, {trickle:g} commits/s into the {size} db",
                        "GiB/h", fmt="{:.3f}"),
     "P7.share": Figure("P7", "... of which periodic full snapshots", "%", fmt="{:.1f}",
                        goal_text="snapshots not dominating (< 50%)",
-                       goal=lambda m, _: "s3-async" in m and m["s3-async"] < 50),
+                       goal=lambda m, *_: "s3-async" in m and m["s3-async"] < 50),
+    "P8.shutdown": Figure("P8", "uploaded by a shutdown after {shutdown_commits} commits, {size} db",
+                          "B", goal_text="no snapshot (< 1% of the database)",
+                          goal=lambda m, _, settings: "s3-async" in m
+                          and m["s3-async"] < settings.size / 100),
+    "P8.coldstart": Figure("P8", "cold start: connect() to first query, empty disk, {size}", "s",
+                           fmt="{:.2f}", ref="download",
+                           goal_text="bounded by the download (<= {restore_ratio:g} x)",
+                           goal=lambda m, _, settings: (v := _get(m, "s3", "download"))
+                           and v[0] <= restore_ratio(settings) * v[1]),
+    "P8.coldstart_uploaded": Figure("P8", "... uploaded by that connect()", "B"),
+    "P8.coldstart_rss": Figure("P8", "... peak RSS of the cold-starting process", "MiB"),
 }
+
+
+def restore_ratio(settings) -> float:
+    """Issue 12's goal for a restore against one plain GET: 1.2 x at 1 GiB, 1.5 x below."""
+    return 1.2 if settings.size >= 2**30 else 1.5
 
 
 @dataclass(frozen=True)
@@ -137,25 +158,26 @@ def medians(rows: list) -> dict:
     return every
 
 
-def title(figure: Figure, settings) -> str:
-    return figure.title.format(size=_size(settings.size), commits=settings.restore_commits,
-                               threads=settings.threads, rate=settings.stream_rate,
-                               trickle=settings.trickle_rate)
+def title(figure: Figure, settings, text: Optional[str] = None) -> str:
+    return (figure.title if text is None else text).format(
+        size=_size(settings.size), commits=settings.restore_commits, threads=settings.threads,
+        rate=settings.stream_rate, trickle=settings.trickle_rate,
+        shutdown_commits=settings.shutdown_commits, restore_ratio=restore_ratio(settings))
 
 
-def verdicts(rows: list) -> dict:
+def verdicts(rows: list, settings) -> dict:
     """figure -> True/False/None (not measured) for every figure that has a goal."""
     every = medians(rows)
     out = {}
     for key, figure in FIGURES.items():
         if figure.goal and key in every:
-            verdict = figure.goal(every[key], every)
+            verdict = figure.goal(every[key], every, settings)
             out[key] = None if verdict is None else bool(verdict)
     return out
 
 
 def table(rows: list, settings) -> str:
-    every, judged = medians(rows), verdicts(rows)
+    every, judged = medians(rows), verdicts(rows, settings)
     lines = [f"{'':4} {'figure':<58} {'system':<25} {'median':>14} {'min - max':>24} "
              f"{'ratio':>7}  goal"]
     last = None
@@ -172,7 +194,7 @@ def table(rows: list, settings) -> str:
         goal = ""
         if first and r.figure in judged:
             verdict = {True: "met", False: "MISSED", None: "n/a"}[judged[r.figure]]
-            goal = f"{verdict}: {figure.goal_text}"
+            goal = f"{verdict}: {title(figure, settings, figure.goal_text)}"
         lines.append(f"{figure.id if first else '':4} {title(figure, settings) if first else '':<58} "
                      f"{LABELS[r.system]:<25} {figure.fmt.format(r.median) + ' ' + figure.unit:>14} "
                      f"{spread:>24} {ratio:>7}  {goal}")

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -76,6 +77,7 @@ class Settings:
     restore_commits: int = 2000  # P5: segments on top of the large database
     trickle_rate: float = 2.0  # P7: commits per second, for trickle_seconds
     trickle_seconds: float = 15.0
+    shutdown_commits: int = 5  # P8: commits before the shutdown whose uploads are counted
 
     @classmethod
     def quick(cls, size: Optional[int] = None) -> "Settings":
@@ -345,6 +347,19 @@ def p5_p6_restore(bench: Bench, systems: list, p5: bool, p6: bool) -> list:
     return results
 
 
+@contextlib.contextmanager
+def children_cpu() -> Iterator[dict]:
+    """CPU seconds (user + system) of the child processes that end inside the block: the
+    bench's own children only end when it stops them, so around one step it is that step's."""
+    def used() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+    out: dict = {}
+    before = used()
+    yield out
+    out["seconds"] = used() - before
+
+
 def _run_child(*args: str) -> dict:
     """Run `python -m bench.child ...`; returns its reports by step."""
     process = python_module("child", *args, stdout=subprocess.PIPE, text=True)
@@ -361,7 +376,10 @@ def _peewee_s3_restore(bench: Bench, p5: bool, p6: bool) -> list:
     try:
         wrote = _run_child("writer", path, target.bucket, target.endpoint, str(s.restore_commits))
         out = os.path.join(os.path.dirname(path), "restored.db")
-        restored = _run_child("restore", out, target.bucket, target.endpoint)["restore"]
+        bench.proxy.reset()
+        with children_cpu() as cpu:
+            restored = _run_child("restore", out, target.bucket, target.endpoint)["restore"]
+        requests = bench.proxy.reset()
         if restored["commits"] != s.restore_commits or _items(out) != s.restore_commits:
             raise RuntimeError(f"peewee-s3 restored {restored['commits']} commits, not "
                                f"{s.restore_commits}")
@@ -374,12 +392,14 @@ def _peewee_s3_restore(bench: Bench, p5: bool, p6: bool) -> list:
     snap, restore = wrote["snapshot"], restored
     bench.log(f"P5 peewee-s3: snapshot {snap['seconds']:.1f} s, {s.restore_commits} commits "
               f"{wrote['commits']['seconds']:.1f} s, restore {restore['seconds']:.2f} s "
-              f"({restore['segments']} segments), {ranged['seconds']:.2f} s with "
+              f"({restore['segments']} segments; {requests.get('GET')} GETs, "
+              f"{requests.total} requests; {cpu['seconds']:.2f} CPU s), {ranged['seconds']:.2f} s with "
               f"{RANGED_STREAMS} ranged GETs, plain download {download:.2f} s; peak RSS "
               f"snapshot {snap['rss'] / MiB:.0f} MiB, restore {restore['rss'] / MiB:.0f} MiB")
     results = []
     if p5:
         results += [Result("P5.restore", "s3", restore["seconds"]),
+                    Result("P5.cpu", "s3", cpu["seconds"]),
                     Result("P5.restore", "s3-ranged", ranged["seconds"]),
                     Result("P5.restore", "download", download),
                     Result("P5.snapshot", "s3", snap["seconds"])]
@@ -423,11 +443,12 @@ def _litestream_restore(bench: Bench, p5: bool, p6: bool) -> list:
         system.stop()
         out = os.path.join(os.path.dirname(path), "restored.db")
         started = time.monotonic()
-        process = subprocess.Popen(
-            [litestream_binary(), "restore", "-config", system.config, "-integrity-check",
-             "full", "-o", out, path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=clean_aws_env())
-        rss = wait_peak_rss(process, timeout=3600)
+        with children_cpu() as cpu:
+            process = subprocess.Popen(
+                [litestream_binary(), "restore", "-config", system.config, "-integrity-check",
+                 "full", "-o", out, path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=clean_aws_env())
+            rss = wait_peak_rss(process, timeout=3600)
         seconds = time.monotonic() - started
         if process.returncode != 0:
             raise RuntimeError(f"litestream restore failed: {process.stdout.read()[-2000:]!r}")
@@ -437,11 +458,13 @@ def _litestream_restore(bench: Bench, p5: bool, p6: bool) -> list:
     finally:
         system.stop()
         bench.server.empty_bucket(target.bucket)
-    bench.log(f"P5 Litestream: first sync {first_sync:.1f} s, restore {seconds:.2f} s; peak RSS "
+    bench.log(f"P5 Litestream: first sync {first_sync:.1f} s, restore {seconds:.2f} s "
+              f"({cpu['seconds']:.2f} CPU s); peak RSS "
               f"replicating {system.peak_rss / MiB:.0f} MiB, restore {rss / MiB:.0f} MiB")
     results = []
     if p5:
         results += [Result("P5.restore", "litestream", seconds),
+                    Result("P5.cpu", "litestream", cpu["seconds"]),
                     Result("P5.snapshot", "litestream", first_sync)]
     if p6:
         results += [Result("P6.snapshot", "litestream", system.peak_rss / MiB),
@@ -455,6 +478,51 @@ def _items(path: str) -> int:
         return conn.execute("SELECT count(*) FROM item").fetchone()[0]
     finally:
         conn.close()
+
+
+# -- P8 ------------------------------------------------------------------------------------
+
+def p8_shutdown_cold_start(bench: Bench) -> list:
+    """A shutdown after a few commits, counted at the proxy (under the default policy it ships
+    them and releases the lease: no snapshot); then a cold start from what it left — a new
+    machine with an empty disk, timed from connect() to its first query — against one plain
+    GET of the snapshot."""
+    s = bench.settings
+    path = bench.large_copy("s3-shutdown")
+    target = bench.target("s3-cold-start")
+    system = make_system("s3-async", path, target)
+    try:
+        system.start()  # a new lineage: connect() uploads the snapshot
+        with system.db.bind_ctx([Item]):
+            for _ in range(s.shutdown_commits):
+                insert_one()
+        bench.wait_quiet()
+        bench.proxy.reset()
+        started = time.monotonic()
+        system.db.shutdown()
+        shutdown_seconds = time.monotonic() - started
+        shutdown = bench.proxy.reset()
+        cold = bench.fresh_path("s3-cold-start")
+        started = time.monotonic()
+        report = _run_child("coldstart", cold, target.bucket, target.endpoint)["coldstart"]
+        connect = bench.proxy.reset()
+        if report["rows"] != s.shutdown_commits:
+            raise RuntimeError(f"the cold start found {report['rows']} rows, not "
+                               f"{s.shutdown_commits}")
+        download = _plain_download(bench, target, os.path.join(os.path.dirname(cold), "dl.db"))
+    finally:
+        system.stop()
+        bench.server.empty_bucket(target.bucket)
+    bench.log(f"P8 peewee-s3: shutdown after {s.shutdown_commits} commits uploaded "
+              f"{shutdown.uploaded:,} B in {shutdown.puts} PUTs ({shutdown_seconds:.2f} s); cold "
+              f"start {report['seconds']:.2f} s (connect {report['connect']:.2f} s, which "
+              f"uploaded {connect.uploaded:,} B), plain download {download:.2f} s; peak RSS "
+              f"{report['rss'] / MiB:.0f} MiB")
+    return [Result("P8.shutdown", "s3-async", shutdown.uploaded),
+            Result("P8.coldstart", "s3", report["seconds"]),
+            Result("P8.coldstart", "download", download),
+            Result("P8.coldstart_uploaded", "s3", connect.uploaded),
+            Result("P8.coldstart_rss", "s3", report["rss"] / MiB)]
 
 
 # -- P7 ------------------------------------------------------------------------------------
@@ -564,6 +632,7 @@ WORKLOADS = {w.id: w for w in (
     Workload("P5", "restore time of a large database", PEEWEE_S3 + ("litestream",)),
     Workload("P6", "peak RSS while snapshotting and restoring it", PEEWEE_S3 + ("litestream",)),
     Workload("P7", "bytes uploaded per hour for a trickle of writes", ASYNC),
+    Workload("P8", "bytes uploaded by a shutdown; cold start on an empty disk", ("s3-async",)),
 )}
 
 
@@ -592,4 +661,6 @@ def run_selected(bench: Bench, only: list, systems: list, round_: int = 0) -> li
         results += p5_p6_restore(bench, restore, "P5" in only, "P6" in only)
     if chosen("P7"):
         results += p7_trickle(bench, chosen("P7"))
+    if chosen("P8"):
+        results += p8_shutdown_cold_start(bench)
     return results

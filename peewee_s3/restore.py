@@ -4,9 +4,14 @@ It picks a complete generation, streams its snapshot, verifies and applies its s
 order, runs `PRAGMA integrity_check` (quick_check if the schema needs an app's function that is
 not registered), and only then puts the file in place (temp, fsync, rename), moving aside any
 file, -wal, -shm or -journal found there. It never writes to storage, nor deletes a user's file.
+The steps overlap, so that a restore takes about as long as downloading the snapshot: segments
+are listed and read ahead while the snapshot downloads, the snapshot is hashed and written a
+few MiB behind the download, and the file is fsynced while segments apply and while it is
+checked. Memory stays bounded by what is read ahead, never by the database.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -16,7 +21,7 @@ import sqlite3
 import tempfile
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
 
@@ -154,6 +159,11 @@ def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[fl
     `merged`: read merged segments where there are some (default: unless restoring to `at`).
     `prepare(conn)` runs on the integrity check's connection first: it registers the functions
     and collations the schema uses (indexes on expressions, CHECK constraints)."""
+    if at is not None and merged:
+        raise ConfigurationError(
+            "a restore to a point in time cannot read merged segments: their commits before "
+            "the last carry no pages. Leave merged unset (or False) with `at`")
+    end: Optional[Callable[[], Optional[int]]] = None  # the last segment to read, when asked
     if generation is not None:
         try:
             meta = read_meta(storage, layout, generation)
@@ -162,27 +172,34 @@ def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[fl
                 f"generation {generation} of {layout.base!r} is not in {storage.describe()} "
                 "or is incomplete: peewee-s3 generations lists those that can be restored"
             ) from None
-        until_seq = _end_of(generation, complete_generations(storage, layout))
+        # Listing every generation takes a while: the segment reader does it, in the background.
+        end = lambda: _end_of(generation, complete_generations(storage, layout))  # noqa: E731
     elif at is not None:
         meta, until_seq = _generation_at(storage, layout, at)
     else:
         meta = current_generation(storage, layout)
+    end = end or (lambda: until_seq)
     directory = os.path.dirname(os.path.abspath(target))
     fd, temp = tempfile.mkstemp(prefix=".restore-", suffix=".db", dir=directory)
     try:
         with os.fdopen(fd, "r+b") as f, _SegmentReader(
-                storage, layout, meta, until_seq,
+                storage, layout, meta, end,
                 merged=at is None if merged is None else merged) as segments:
             download_snapshot(storage, layout, meta, f)
-            try:
+            with _local_writes():
+                # The snapshot's bytes go to disk while the segments are applied.
+                f.flush()
+                written = segments.in_background(os.fsync, f.fileno())
                 seq, commits, last_time = _apply_segments(segments, f, meta.page_size, at)
                 f.flush()
-                os.fsync(f.fileno())
-            except OSError as exc:
-                if isinstance(exc, PeeweeS3Error):   # StorageError is an OSError too
-                    raise
-                raise LocalWriteError(str(exc)) from exc
-        _check_integrity(temp, meta.generation, prepare)
+                written.result()
+                # The check reads the file from the page cache while the rest goes to disk.
+                written = segments.in_background(os.fsync, f.fileno())
+            try:
+                _check_integrity(temp, meta.generation, prepare)
+            finally:
+                with _local_writes():
+                    written.result()
         aside = put_in_place(temp, target)
         if aside:
             log.warning("moved what was at %s aside to %s", target, aside)
@@ -231,7 +248,7 @@ class _SegmentReader:
     point in time reads single segments, whose commits it can stop between."""
 
     def __init__(self, storage: Storage, layout: Layout, meta: SnapshotMeta,
-                 until_seq: Optional[int], merged: bool) -> None:
+                 end: Callable[[], Optional[int]], merged: bool) -> None:
         self._storage, self._layout, self._generation = storage, layout, meta.generation
         self._todo: deque = deque()
         self._ahead: deque = deque()
@@ -239,12 +256,16 @@ class _SegmentReader:
         self._pool = ThreadPoolExecutor(SEGMENTS_IN_FLIGHT, thread_name_prefix="peewee-s3-restore")
         # Listing the segments is the first step in the background too; the queues are the
         # pool's until __iter__ has waited for it.
-        self._started = self._pool.submit(self._start, until_seq, merged)
+        self._started = self._pool.submit(self._start, end, merged)
 
-    def _start(self, until_seq: Optional[int], merged: bool) -> None:
-        self._todo.extend(read_plan(self._storage, self._layout, self._generation, until_seq,
+    def _start(self, end: Callable[[], Optional[int]], merged: bool) -> None:
+        self._todo.extend(read_plan(self._storage, self._layout, self._generation, end(),
                                     merged))
         self._read_ahead()
+
+    def in_background(self, work: Callable, *args: Any) -> Future:
+        """Run `work(*args)` in one of the reader's threads (an fsync while pages are applied)."""
+        return self._pool.submit(work, *args)
 
     def __enter__(self) -> "_SegmentReader":
         return self
@@ -301,6 +322,17 @@ def _apply_segments(segments: _SegmentReader, f, page_size: int, at: Optional[fl
         seq = segment.seq
     pages.finish()
     return seq, commits, last_time
+
+
+@contextlib.contextmanager
+def _local_writes() -> Iterator[None]:
+    """A local file's OSError (disk full, I/O error) as LocalWriteError; storage errors pass."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, PeeweeS3Error):   # StorageError is an OSError too
+            raise
+        raise LocalWriteError(str(exc)) from exc
 
 
 def _check_integrity(path: str, generation: str, prepare: Optional[Prepare]) -> None:

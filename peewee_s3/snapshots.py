@@ -10,14 +10,17 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import BinaryIO, Callable, Optional
 
-from .errors import ReplicaCorruptError
+from .errors import LocalWriteError, PeeweeS3Error, ReplicaCorruptError
 from .layout import Layout
 from .storage import Storage
 
 FORMAT = 1
+BYTES_AHEAD = 4 << 20  # downloaded bytes waiting to be hashed and written (one piece at least)
 
 
 @dataclass(frozen=True)
@@ -147,12 +150,66 @@ def read_meta(storage: Storage, layout: Layout, generation: str) -> SnapshotMeta
 
 def download_snapshot(storage: Storage, layout: Layout, meta: SnapshotMeta, f: BinaryIO,
                       progress: Optional[Callable[[int], None]] = None) -> None:
-    """Stream the snapshot into `f`, raising ReplicaCorruptError if size or sha256 differ."""
+    """Stream the snapshot into `f`, raising ReplicaCorruptError if size or sha256 differ.
+
+    The bytes are hashed and written by a thread of their own while the next ones arrive, at
+    most BYTES_AHEAD behind (hashlib and file writes release the GIL)."""
     key = layout.snapshot(meta.generation)
-    hashing = _Hashing(f, progress)
-    storage.download(key, hashing)
-    if hashing.size != meta.size or hashing.sha256.hexdigest() != meta.sha256:
+    with _HashingSink(f, progress) as sink:
+        storage.download(key, sink)
+    digest = sink.sha256.hexdigest()
+    if sink.size != meta.size or digest != meta.sha256:
         raise ReplicaCorruptError(
-            f"snapshot {key} is corrupt: {hashing.size} bytes with sha256 "
-            f"{hashing.sha256.hexdigest()[:16]}…, its meta says {meta.size} bytes and "
+            f"snapshot {key} is corrupt: {sink.size} bytes with sha256 "
+            f"{digest[:16]}…, its meta says {meta.size} bytes and "
             f"{meta.sha256[:16]}…. Restore another generation (peewee-s3 generations)")
+
+
+class _HashingSink:
+    """A write-only file that hashes and writes what it is given in a worker thread, in order,
+    with at most BYTES_AHEAD (or one piece) waiting. A failed local write is raised, as
+    LocalWriteError, by the next `write` or on leaving the `with` block."""
+
+    def __init__(self, f: BinaryIO, progress: Optional[Callable[[int], None]] = None) -> None:
+        self._hashing = _Hashing(f, progress)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="peewee-s3-snapshot")
+        self._ahead: deque = deque()  # (bytes, future) in order; only the caller's thread
+        self._bytes_ahead = 0
+
+    @property
+    def sha256(self):
+        return self._hashing.sha256
+
+    @property
+    def size(self) -> int:
+        return self._hashing.size
+
+    def write(self, data) -> int:
+        data = bytes(data)  # the caller may reuse its buffer once this returns
+        while self._ahead and (self._bytes_ahead + len(data) > BYTES_AHEAD
+                               or self._ahead[0][1].done()):
+            self._wait_oldest()
+        self._ahead.append((len(data), self._pool.submit(self._hashing.write, data)))
+        self._bytes_ahead += len(data)
+        return len(data)
+
+    def _wait_oldest(self) -> None:
+        size, future = self._ahead.popleft()
+        self._bytes_ahead -= size
+        try:
+            future.result()
+        except OSError as error:
+            if isinstance(error, PeeweeS3Error):
+                raise
+            raise LocalWriteError(f"writing the downloaded snapshot locally failed: "
+                                  f"{error}") from error
+
+    def __enter__(self) -> "_HashingSink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            while self._ahead:
+                self._wait_oldest()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)

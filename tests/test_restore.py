@@ -1,12 +1,21 @@
 """restore(): exact committed states, and corruption refused with the target untouched."""
 import json
+import os
+import pathlib
+import shutil
+import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
 
 from peewee_s3 import restore
 from peewee_s3.host import LOCK_SUFFIX, MEMBERS_SUFFIX, STATE_SUFFIX
-from peewee_s3.errors import LocalStateError, NothingToRestoreError, ReplicaCorruptError
+from peewee_s3.errors import ConfigurationError, LocalStateError, NothingToRestoreError, ReplicaCorruptError
+from peewee_s3.layout import Layout
+from peewee_s3.restore import complete_generations, restore_to, segment_seqs
+from peewee_s3.segments import Segment
 from peewee_s3.storage import open_storage
 
 from .helpers import NAME, Note, make_db, rows_in_file
@@ -163,3 +172,107 @@ def test_a_point_in_time_before_a_snapshot_finds_every_commit_made_by_then(tmp_p
             **storage_kwargs)
     assert rows_in_file(tmp_path / "r.db") == ["before"]
     db.shutdown()
+
+
+# -- objects written by an older version ---------------------------------------------------
+
+FORMAT_1 = pathlib.Path(__file__).parent / "fixtures" / "format1"  # see make_format1.py
+
+
+@pytest.fixture
+def format_1_storage(tmp_path):
+    """A copy of the committed storage directory that peewee-s3's format 1 wrote."""
+    copy = tmp_path / "format1"
+    shutil.copytree(FORMAT_1, copy)
+    return f"file://{copy}"
+
+
+def stored_notes(path):
+    conn = sqlite3.connect(str(path))
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return [tuple(r) for r in conn.execute("SELECT n, body FROM note ORDER BY n")]
+    finally:
+        conn.close()
+
+
+def test_objects_of_format_1_still_restore(tmp_path, format_1_storage):
+    restore(storage=format_1_storage, database_name="app", target=str(tmp_path / "r.db"))
+    assert stored_notes(tmp_path / "r.db") == (
+        [(n, f"note {n}") for n in range(4, 13)] + [(13, "note 13, changed")])
+
+
+@pytest.mark.parametrize("merged", [True, False])
+def test_format_1_restores_the_same_through_merged_segments_or_single_ones(tmp_path,
+                                                                          format_1_storage,
+                                                                          merged):
+    with open_storage(format_1_storage) as storage:
+        first = complete_generations(storage, Layout("app"))[0].generation
+        state = restore_to(storage, Layout("app"), str(tmp_path / "r.db"), generation=first,
+                           merged=merged)
+    assert (state.generation, state.seq, state.commits) == (first, 13, 13)
+    assert stored_notes(tmp_path / "r.db") == [(n, f"note {n}") for n in range(4, 11)]
+
+
+def test_every_commit_of_format_1_still_restores_to_its_point_in_time(tmp_path,
+                                                                     format_1_storage):
+    """The first generation, segment by segment: each commit's time gives the rows
+    committed by then."""
+    with open_storage(format_1_storage) as storage:
+        layout = Layout("app")
+        first = complete_generations(storage, layout)[0].generation
+        times = [Segment.decode(storage.read(layout.segment(first, seq)), "k").last_time
+                 for seq in segment_seqs(storage, layout, first)]
+    for seq, moment in enumerate(times[2:], start=3):  # 1, 2: the table and its index
+        target = tmp_path / f"r{seq}.db"
+        state = restore(storage=format_1_storage, database_name="app", target=str(target),
+                        timestamp=moment)
+        expected = [(n, f"note {n}") for n in range(1, min(seq - 2, 10) + 1)]
+        assert (state.generation, state.seq) == (first, seq)
+        assert stored_notes(target) == (expected[3:] if seq == 13 else expected)  # a delete
+
+
+def test_a_point_in_time_through_merged_segments_is_refused(tmp_path, format_1_storage):
+    with open_storage(format_1_storage) as storage, pytest.raises(ConfigurationError,
+                                                                  match="merged"):
+        restore_to(storage, Layout("app"), str(tmp_path / "r.db"), at=time.time(),
+                   merged=True)
+    assert not (tmp_path / "r.db").exists()
+
+
+# A restore in a process that may write files of at most LIMIT bytes: a full disk, as far as
+# the restored copy is concerned (RLIMIT_FSIZE; the signal it sends is ignored, so the write
+# fails with EFBIG instead).
+RESTORE_ON_A_FULL_DISK = """
+import json, resource, signal, sys
+from peewee_s3 import restore
+from peewee_s3.errors import LocalWriteError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), resource.RLIM_INFINITY))
+try:
+    restore(**json.loads(sys.argv[1]), database_name="app", target=sys.argv[2])
+except LocalWriteError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_a_disk_that_fills_up_while_the_snapshot_downloads_is_said_and_leaves_nothing(
+        tmp_path, shared_kwargs):
+    db = make_db(tmp_path / "a.db", shared_kwargs)
+    db.create_tables([Note])
+    with db.atomic():
+        for i in range(2000):
+            Note.create(body=f"note {i} " + "x" * 500)
+    db.snapshot()   # about 1.2 MiB: several download pieces
+    db.shutdown()
+    out = tmp_path / "out"
+    out.mkdir()
+    limit = 256 << 10
+    ran = subprocess.run(
+        [sys.executable, "-c", RESTORE_ON_A_FULL_DISK, json.dumps(shared_kwargs),
+         str(out / "r.db"), str(limit)], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])})
+    assert ran.returncode == 3, ran.stderr[-2000:]
+    assert "could not write the restored copy" in ran.stdout and "free space" in ran.stdout
+    assert list(out.iterdir()) == []
