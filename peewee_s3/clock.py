@@ -30,7 +30,6 @@ class CommitClock:
     def note(self) -> None:
         """Called by a committing thread right after its commit returned: as little as can
         be (one pread; the wal-index header is parsed when the replicator asks for times)."""
-        now = time.time()
         fd = self._shm if self._shm is not None else self.refresh()
         if fd is None:
             return
@@ -38,6 +37,7 @@ class CommitClock:
             header = os.pread(fd, WAL_INDEX_NOTE_SIZE, 0)
         except OSError:
             return
+        now = time.time()  # after the read: every commit it saw was made before this time
         with self._lock:
             self._notes.append((now, header))
 
@@ -58,8 +58,8 @@ class CommitClock:
 
     def times(self, ends: list, salts: tuple, read_at: float) -> list:
         """The commit time of each commit whose commit frame is one of `ends` (WAL cycle
-        `salts`), read at `read_at` under the write lock. Notes taken before `read_at` are then forgotten: they saw no later
-        commit."""
+        `salts`), read at `read_at` under the write lock. Notes taken before `read_at` are
+        then forgotten: they saw no later commit."""
         with self._lock:
             notes, self._notes = self._notes, [n for n in self._notes if n[0] >= read_at]
         seen = sorted((index[1], t) for t, index in ((t, parse_wal_index(h)) for t, h in notes)
