@@ -8,6 +8,7 @@ replicator (to the session that was open when the write began, so that a commit 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures.thread  # noqa: F401  (its exit hook is registered before ours)
 import inspect
 import logging
 import os
@@ -18,7 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from peewee import Database, InterfaceError, SqliteDatabase
 
 from .config import SQLITE_CONNECT_OPTIONS, Options, log_verbosely, reject_unknown
-from .errors import ConfigurationError, LocalStateError, PeeweeS3Error
+from .errors import ConfigurationError, LocalStateError
 from .host import HostSession, join_session, leave_session
 
 log = logging.getLogger("peewee_s3")
@@ -76,6 +77,29 @@ class _BufferedCursor:
 
     def close(self) -> None:
         self._rows = iter(())
+
+
+# Databases whose session is open, oldest first: _shut_down_at_exit shuts them down.
+_open_databases: dict = {}
+
+
+def _shut_down_at_exit() -> None:
+    """Shut down every open database, newest first, when the interpreter exits: among
+    threading's exit hooks, before concurrent.futures stops its worker threads (those run
+    before atexit's). fsspec's S3 client hands work to them (asyncio.to_thread): run by
+    atexit, a shutdown could no longer reach S3 and left the lease unreleased (seen under
+    gunicorn, whose workers end by sys.exit)."""
+    for db in reversed(list(_open_databases)):
+        try:
+            db.shutdown()
+        except Exception as exc:  # noqa: BLE001 - one failure must not keep the others open
+            log.error("shutting down %s at exit failed: %s", db._path, exc)
+
+
+try:
+    threading._register_atexit(_shut_down_at_exit)  # type: ignore[attr-defined]  (3.9+)
+except (AttributeError, RuntimeError):  # another Python, or imported while exiting
+    atexit.register(_shut_down_at_exit)
 
 
 class S3SqliteDatabase(SqliteDatabase):
@@ -150,7 +174,7 @@ class S3SqliteDatabase(SqliteDatabase):
             if self._session is None or self._session.closed:
                 self._session = join_session(self._path, self.options, self._prepare_check)
                 self._shut_down = False
-                atexit.register(self._shutdown_at_exit)
+                _open_databases[self] = None
             session = self._session
         # A new connection to a file deleted or replaced under the session would create or
         # open another file, whose writes would never be shipped: the session ends (what it
@@ -176,7 +200,8 @@ class S3SqliteDatabase(SqliteDatabase):
         """Ship what is pending, take the final snapshot and release the lease — or, while
         another database object of this process still uses the file, leave that to it.
 
-        Harmless twice, and on a fenced database (it then releases nothing). Also runs at exit.
+        Harmless twice, and on a fenced database (it then releases nothing). Also runs at exit,
+        before Python joins the non-daemon threads: join a thread that still writes first.
         If it raises (another connection holds a write transaction, the storage is down), the
         session stays open and shutdown() can be called again.
         """
@@ -194,13 +219,7 @@ class S3SqliteDatabase(SqliteDatabase):
                 if left or session.closed:
                     with self._session_lock:
                         self._session, self._shut_down = None, True
-                    atexit.unregister(self._shutdown_at_exit)
-
-    def _shutdown_at_exit(self) -> None:
-        try:
-            self.shutdown()
-        except (PeeweeS3Error, OSError) as exc:
-            log.error("shutting down %s at exit failed: %s", self._path, exc)
+                    _open_databases.pop(self, None)
 
     # -- capturing commits -------------------------------------------------------------------
 

@@ -73,14 +73,28 @@ class LeaseRecord:
 
 
 def process_running(pid: int) -> bool:
-    """Whether a process of this host has this pid (one we may not signal counts)."""
+    """Whether a process of this host has this pid (one we may not signal counts). A zombie
+    does not: it has died, only its parent has not reaped it yet (uvicorn's supervisor looks
+    every 0.5 s; a process opening the file meanwhile must take over, not be refused)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return not _dead_unreaped(pid)
+
+
+def _dead_unreaped(pid: int) -> bool:
+    """Whether /proc shows `pid` dead (Linux); without /proc, a pid counts until reaped."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return os.path.isdir("/proc/self")   # reaped since os.kill, if /proc is there at all
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2:][:1] in (b"Z", b"X")   # after "pid (comm) "
 
 
 def read_lease(storage: Storage, key: str) -> Optional[LeaseRecord]:

@@ -133,3 +133,28 @@ def test_a_member_leaving_ships_what_the_replicating_process_did_not(tmp_path):
                 worker.kill()
     stored = restored_tags(tmp_path, kwargs)
     assert set(first.acknowledged) | set(member.acknowledged) <= stored
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="a dead pid is told by /proc (Linux)")
+def test_a_process_opening_the_file_before_the_dead_replicator_is_reaped_replicates_it(tmp_path):
+    # uvicorn's supervisor reaps a dead worker only every 0.5 s. A worker starting meanwhile
+    # found the lease held by a pid that still existed, raised LeaseHeldError at startup, and
+    # uvicorn stops the whole server when a worker fails to start.
+    storage = {"storage": f"file://{tmp_path}/store"}
+    workers = [Worker(tmp_path, "sync", storage)]
+    try:
+        first = workers[0]
+        first.wait_for(lambda: len(first.acknowledged) >= 20)
+        os.kill(first.proc.pid, signal.SIGKILL)
+        os.waitid(os.P_PID, first.proc.pid, os.WEXITED | os.WNOWAIT)  # dead, left unreaped
+        second = Worker(tmp_path, "sync", storage)
+        workers.append(second)
+        second.wait_for(lambda: len(second.acknowledged) >= 20 or second.proc.poll() is not None)
+        assert second.role == "replicator" and len(second.acknowledged) >= 20
+        (tmp_path / "stop").touch()
+        second.join()
+    finally:
+        for worker in workers:
+            if worker.proc.poll() is None:
+                worker.kill()
+    assert set(first.acknowledged + second.acknowledged) <= restored_tags(tmp_path, storage)

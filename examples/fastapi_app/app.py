@@ -1,6 +1,7 @@
 """A tiny todo API on FastAPI whose SQLite database is replicated by peewee-s3.
 
     uvicorn --app-dir examples/fastapi_app app:app      # or: python examples/fastapi_app/app.py
+    uvicorn --workers 4 --app-dir examples/fastapi_app app:app    # one file, four processes
 
 It serves Prometheus metrics of the replication at /metrics.
 
@@ -52,8 +53,9 @@ class NewTodo(BaseModel):
 
 @contextlib.asynccontextmanager
 async def lifespan(app):
-    # The first connect takes the lease, restores the file if needed and starts replicating;
-    # shutdown() ships what is pending, takes a final snapshot and releases the lease.
+    # The first connect takes the lease, restores the file if needed and starts replicating
+    # (under `uvicorn --workers N`, in the first worker; the others write as members);
+    # shutdown() ships what is pending and releases the lease (a member just leaves).
     with db.connection_context():
         db.create_tables([Todo])
     yield

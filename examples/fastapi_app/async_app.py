@@ -2,6 +2,7 @@
 
     uvicorn --app-dir examples/fastapi_app async_app:app
     # or: python examples/fastapi_app/async_app.py
+    uvicorn --workers 4 --app-dir examples/fastapi_app async_app:app    # four processes
 
 Needs `pip install 'peewee-s3[async,metrics]'`. Serves the replication's Prometheus metrics at
 /metrics, as app.py does. The same environment variables as app.py: PEEWEE_S3_STORAGE (e.g. s3://my-bucket/todo), PEEWEE_S3_ENDPOINT_URL,
