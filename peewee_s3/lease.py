@@ -197,15 +197,16 @@ class Lease:
         try:
             data, tag = self.storage.read_tagged(self.key)
         except ObjectNotFoundError:
-            raise self._lost("lock.json was deleted") from None
+            raise self.lost("lock.json was deleted") from None
         if tag == self._tag:
             return
         stored = LeaseRecord.from_bytes(data, self.key)
         if not stored.same_holder(self.record):
-            raise self._lost(f"it is now held by {stored.describe()}")
+            raise self.lost(f"it is now held by {stored.describe()}")
         self._tag, self.record = tag, stored
 
-    def _lost(self, why: str) -> LeaseLostError:
+    def lost(self, why: str) -> LeaseLostError:
+        """The error that fences this holder, saying why."""
         return LeaseLostError(
             f"this writer ({self.record.describe()}) lost the lease on {self.key}: {why}. "
             "It is fenced: nothing more is uploaded and writes fail. Commits not yet shipped "

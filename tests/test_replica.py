@@ -13,7 +13,8 @@ import peewee
 import pytest
 
 from peewee_s3 import S3SqliteDatabase
-from peewee_s3.errors import ConfigurationError, NothingToRestoreError, ReplicaCorruptError
+from peewee_s3.errors import (ConfigurationError, NothingToRestoreError, PreconditionFailedError,
+                              ReplicaCorruptError)
 from peewee_s3.layout import Layout
 from peewee_s3.lease import read_lease
 from peewee_s3.replica import ReadOnlyReplicaError, S3SqliteReplica
@@ -469,9 +470,11 @@ def test_a_fenced_writers_stray_segment_never_shows_on_a_replica(tmp_path, proxi
 
 
 def stray_lands_during_a_takeover(old, new, proxy, storage_kwargs, tmp_path):
-    """`new` takes the lease over from `old` (force_lock) and reads the old generation; while
-    its snapshot meta is held up, the old writer's delayed upload lands at the next key of the
-    old generation with the old epoch. Returns the thread that is connecting the new writer."""
+    """`new` takes the lease over from `old` (force_lock), fences the old generation and reads
+    it; while its snapshot meta is held up, the old writer's delayed upload comes for the next
+    key of the old generation with the old epoch. The fence refuses it; it lands all the same,
+    as on a server that ignores If-None-Match on the request completing a multipart upload.
+    Returns the thread that is connecting the new writer."""
     position = old.status()["position"]
     with open_storage(**storage_kwargs) as storage:
         old_epoch = read_lease(storage, Layout(NAME).lock).epoch
@@ -480,9 +483,11 @@ def stray_lands_during_a_takeover(old, new, proxy, storage_kwargs, tmp_path):
         taking_over.start()
         wait_for(lambda: proxy.counts["slow"], "the new writer's snapshot meta on its way")
         seq = position["seq"] + 1
-        storage.create(Layout(NAME).segment(position["generation"], seq),
-                       stray_segment(storage, position["generation"], seq, old_epoch, "stray",
-                                     tmp_path))
+        key = Layout(NAME).segment(position["generation"], seq)
+        stray = stray_segment(storage, position["generation"], seq, old_epoch, "stray", tmp_path)
+        with pytest.raises(PreconditionFailedError):
+            storage.create(key, stray)            # the new writer's fence holds the key
+        storage.write(key, stray)
     return taking_over
 
 
