@@ -2,10 +2,10 @@
 
 The lease names its holder (a random id, host, pid, local file), an epoch that grows with every
 new holder, the current generation and when it expires. A holder that finds another id or epoch
-in `lock.json` has lost it: the caller must stop writing (fencing). A live lease is taken over
-without waiting for it to expire only when the caller proves its holder gone: same host, same
-local file, whose host lock (host.py) the caller now holds, and a pid no longer running. It
-never touches SQLite.
+in `lock.json` has lost it: the caller must stop writing (fencing; its segments are stopped by
+the new holder's fence, fence.py). A live lease is taken over without waiting for it to expire
+only when the caller proves its holder gone: same host, same local file, whose host lock
+(host.py) the caller now holds, and a pid no longer running. It never touches SQLite.
 """
 from __future__ import annotations
 

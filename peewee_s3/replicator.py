@@ -1,7 +1,8 @@
 """replicator: ships committed WAL pages to storage and keeps the lease — one thread per database.
 
 It reads new commits out of the WAL under SQLite's write lock (local I/O only, localfile.py),
-releases the lock, checks the lease, and uploads them as a segment of the current generation;
+releases the lock, and uploads them as a segment of the current generation (with no lease read:
+a new holder's fence at the next key stops a writer taken over, fence.py);
 it renews the lease, starts new generations with a snapshot, and checkpoints only frames
 already read. A WAL restart that the pin cannot prove harmless starts a new generation.
 Network I/O never happens while it holds SQLite's write lock.
