@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from .errors import ObjectNotFoundError, PreconditionFailedError, ReplicaCorruptError
+from .errors import ObjectNotFoundError, PreconditionFailedError, ReplicaCorruptError, StorageError
 from .layout import Layout
 from .storage import Storage
 
@@ -24,6 +24,9 @@ _DIGEST = 32
 # A fence is a few hundred bytes; a listed object this large cannot be one (whatever a storage
 # wrapper adds), so readers need not fetch it to tell.
 MAX_STORED_SIZE = 64 << 10
+# Keys found taken in a row before fencing gives up: an old writer lands at most one segment
+# per round trip of ours, so this many means something else holds the keys.
+MAX_ATTEMPTS = 1000
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,12 @@ def fence_generation(storage: Storage, layout: Layout, generation: str, listed: 
         except PreconditionFailedError:
             taken.append(ours)            # the old writer's segment, or another's fence
             ours += 1
+            if len(taken) >= MAX_ATTEMPTS:
+                raise StorageError(
+                    f"could not fence generation {generation} in {storage.describe()}: "
+                    f"{MAX_ATTEMPTS} segment keys in a row were taken as they were tried "
+                    f"(from {taken[0]}). Stop the writer that is still uploading into it, "
+                    "then connect again") from None
     # Asked only now, so that a writer that keeps committing is caught up with at one request
     # a key. After another holder's fence, every key is a fence: the first one ends it.
     for seq in taken:

@@ -156,14 +156,21 @@ class Lease:
             return False
         return current.pid == os.getpid() or not process_running(current.pid)
 
+    @property
+    def took_over(self) -> bool:
+        """Whether this holder took the lease from one that did not release it (expired,
+        forced, or gone), who may still be uploading into its generation."""
+        return self.previous is not None and not self.previous.released
+
     def _let_go_if_stored(self) -> None:
         """Taking the lease failed, but the write may have landed with its answer lost: if
-        lock.json names us, release it, so that the next connect is not refused for lock_ttl."""
+        lock.json names us, end it (see `release`), so that the next connect is not refused
+        for lock_ttl."""
         try:
             data, tag = self.storage.read_tagged(self.key)
             stored = LeaseRecord.from_bytes(data, self.key)
             if stored.holder_id == self.holder_id:
-                self.storage.replace(self.key, replace(stored, released=True,
+                self.storage.replace(self.key, replace(stored, released=not self.took_over,
                                                        expires_at=time.time()).to_bytes(), tag)
         except (StorageError, ReplicaCorruptError):
             pass
@@ -212,8 +219,12 @@ class Lease:
             "It is fenced: nothing more is uploaded and writes fail. Commits not yet shipped "
             "stay in the local file; open the database again to continue from storage")
 
-    def release(self) -> None:
-        """Mark the lease released (keeping epoch and generation for the next holder)."""
+    def release(self, clean: bool = True) -> None:
+        """Mark the lease released (keeping epoch and generation for the next holder).
+        `clean=False` ends it without saying it was released: it expires now, and the next
+        holder takes it over as from a writer that stopped uncleanly (so it fences the
+        generation, fence.py) — for a holder that took over and then gave up before its own
+        generation began, whose predecessor may still be writing."""
         if self.record is None:
             return
-        self._store(replace(self.record, released=True, expires_at=time.time()), self._tag)
+        self._store(replace(self.record, released=clean, expires_at=time.time()), self._tag)

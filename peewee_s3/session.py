@@ -165,7 +165,7 @@ def open_session(path: str, options: Options,
                 replicator.close_connections()
                 raise
         except BaseException:
-            lease.release()
+            lease.release(clean=not lease.took_over)
             raise
     except BaseException:
         storage.close()

@@ -1,13 +1,18 @@
 """Fences: the object a new lease holder puts at the next segment key of the generation it
 continues from. It holds the key against the old writer, ends the lineage there, and every
 reader stops at it instead of taking it for a damaged segment."""
+import time
+
 import pytest
 
 from peewee_s3 import restore
+from peewee_s3.config import Options
 from peewee_s3.errors import LeaseLostError, PreconditionFailedError, ReplicaCorruptError
 from peewee_s3.fence import Fence, fence_generation, lineage_end, read_fence
 from peewee_s3.layout import Layout
+from peewee_s3.lease import read_lease
 from peewee_s3.restore import read_plan, segment_sizes
+from peewee_s3.session import open_session
 from peewee_s3.storage import open_storage
 
 from .helpers import NAME, Note, bodies, make_db, rows_in_file
@@ -138,3 +143,24 @@ def test_a_fence_is_never_read_as_a_segment_and_damage_to_one_is_named(storage):
     storage.create(key, good)
     with pytest.raises(PreconditionFailedError):
         storage.create(key, b"PWS3SEG1 a late segment")
+
+
+def test_a_holder_that_took_over_and_gave_up_does_not_hand_the_generation_on(tmp_path,
+                                                                            storage_kwargs):
+    """Its connect failed after the takeover (here: the app's check of the restored file): a
+    clean release would let the next holder carry on where the old writer may still write,
+    so the lease is left expired instead, and the next holder fences again."""
+    db = written(tmp_path, storage_kwargs)
+
+    def refuse(conn):
+        raise RuntimeError("the app refuses this file")
+
+    options = Options(**storage_kwargs, database_name=NAME, force_lock=True)
+    with pytest.raises(RuntimeError, match="refuses"):
+        open_session(str(tmp_path / "b.db"), options, refuse)
+    with open_storage(**storage_kwargs) as storage:
+        lease = read_lease(storage, LAYOUT.lock)
+    assert not lease.released and not lease.is_live(time.time())
+    with pytest.raises(LeaseLostError):
+        Note.create(body="refused")               # the old writer is fenced all the same
+    db.shutdown()

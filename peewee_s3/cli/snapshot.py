@@ -66,10 +66,10 @@ def cmd_snapshot(args: argparse.Namespace, db: StoredDatabase) -> int:
         except BaseException:
             # After a takeover, the previous holder may be alive and uploading into the current
             # generation: a clean release would tell the next writer to carry on in it, so
-            # ours is left to expire. (A lost lease cannot be released: say why it failed.)
-            if lease.previous is None or lease.previous.released:
-                with contextlib.suppress(PeeweeS3Error):
-                    lease.release()
+            # ours ends as an expired one (the next writer fences the generation). (A lost
+            # lease cannot be released: say why it failed.)
+            with contextlib.suppress(PeeweeS3Error):
+                lease.release(clean=not lease.took_over)
             raise
         lease.release()
     print(f"uploaded {path} to {db.describe()} as generation {generation} "
