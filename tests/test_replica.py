@@ -15,10 +15,11 @@ import pytest
 from peewee_s3 import S3SqliteDatabase
 from peewee_s3.errors import (ConfigurationError, NothingToRestoreError, PreconditionFailedError,
                               ReplicaCorruptError)
+from peewee_s3.fence import fence_generation
 from peewee_s3.layout import Layout
 from peewee_s3.lease import read_lease
 from peewee_s3.replica import ReadOnlyReplicaError, S3SqliteReplica
-from peewee_s3.restore import restore_to
+from peewee_s3.restore import restore_to, segment_sizes
 from peewee_s3.segments import CommitRecord, Segment
 from peewee_s3.storage import open_storage
 
@@ -420,7 +421,31 @@ def test_a_corrupt_segment_stops_the_replica_where_it_is(tmp_path, file_storage)
     db.shutdown()
 
 
-# -- a fenced writer's stray segment --------------------------------------------------------
+# -- a takeover's fence and a fenced writer's stray segment ---------------------------------
+
+def test_a_replica_stops_at_a_takeovers_fence_and_follows_the_new_writer(tmp_path,
+                                                                         file_storage):
+    old = make_db(tmp_path / "old.db", file_storage, sync_mode="sync")
+    old.create_tables([Note])
+    Note.create(body="before the takeover")
+    replica = make_replica(tmp_path / "r.db", file_storage, poll_interval=60)
+    replica.connect()
+    generation = old.status()["generation"]
+    with open_storage(**file_storage) as storage:  # a new holder's first step
+        fence_generation(storage, Layout(NAME), generation,
+                         segment_sizes(storage, Layout(NAME), generation), epoch=99,
+                         holder_id="f" * 16)
+    status = replica.refresh()
+    assert status["last_error"] is None and status["generation"] == generation
+    assert notes(replica) == ["before the takeover"]
+    new = make_db(tmp_path / "new.db", file_storage, sync_mode="sync", force_lock=True)
+    Note.bind(new)
+    Note.create(body="after the takeover")
+    assert replica.refresh()["generation"] == new.status()["generation"]
+    assert notes(replica) == ["after the takeover", "before the takeover"]
+    for db in (replica, new, old):
+        db.shutdown()
+
 
 META_DELAY = 2.5  # how long the new writer's snapshot meta is held up on its way to the bucket
 
