@@ -2,10 +2,10 @@
 
 The lease names its holder (a random id, host, pid, local file), an epoch that grows with every
 new holder, the current generation and when it expires. A holder that finds another id or epoch
-in `lock.json` has lost it: the caller must stop writing (fencing). A live lease is taken over
-without waiting for it to expire only when the caller proves its holder gone: same host, same
-local file, whose host lock (host.py) the caller now holds, and a pid no longer running. It
-never touches SQLite.
+in `lock.json` has lost it: the caller must stop writing (fencing; its segments are stopped by
+the new holder's fence, fence.py). A live lease is taken over without waiting for it to expire
+only when the caller proves its holder gone: same host, same local file, whose host lock
+(host.py) the caller now holds, and a pid no longer running. It never touches SQLite.
 """
 from __future__ import annotations
 
@@ -170,14 +170,21 @@ class Lease:
             return False
         return current.pid == os.getpid() or not process_running(current.pid)
 
+    @property
+    def took_over(self) -> bool:
+        """Whether this holder took the lease from one that did not release it (expired,
+        forced, or gone), who may still be uploading into its generation."""
+        return self.previous is not None and not self.previous.released
+
     def _let_go_if_stored(self) -> None:
         """Taking the lease failed, but the write may have landed with its answer lost: if
-        lock.json names us, release it, so that the next connect is not refused for lock_ttl."""
+        lock.json names us, end it (see `release`), so that the next connect is not refused
+        for lock_ttl."""
         try:
             data, tag = self.storage.read_tagged(self.key)
             stored = LeaseRecord.from_bytes(data, self.key)
             if stored.holder_id == self.holder_id:
-                self.storage.replace(self.key, replace(stored, released=True,
+                self.storage.replace(self.key, replace(stored, released=not self.took_over,
                                                        expires_at=time.time()).to_bytes(), tag)
         except (StorageError, ReplicaCorruptError):
             pass
@@ -211,22 +218,27 @@ class Lease:
         try:
             data, tag = self.storage.read_tagged(self.key)
         except ObjectNotFoundError:
-            raise self._lost("lock.json was deleted") from None
+            raise self.lost("lock.json was deleted") from None
         if tag == self._tag:
             return
         stored = LeaseRecord.from_bytes(data, self.key)
         if not stored.same_holder(self.record):
-            raise self._lost(f"it is now held by {stored.describe()}")
+            raise self.lost(f"it is now held by {stored.describe()}")
         self._tag, self.record = tag, stored
 
-    def _lost(self, why: str) -> LeaseLostError:
+    def lost(self, why: str) -> LeaseLostError:
+        """The error that fences this holder, saying why."""
         return LeaseLostError(
             f"this writer ({self.record.describe()}) lost the lease on {self.key}: {why}. "
             "It is fenced: nothing more is uploaded and writes fail. Commits not yet shipped "
             "stay in the local file; open the database again to continue from storage")
 
-    def release(self) -> None:
-        """Mark the lease released (keeping epoch and generation for the next holder)."""
+    def release(self, clean: bool = True) -> None:
+        """Mark the lease released (keeping epoch and generation for the next holder).
+        `clean=False` ends it without saying it was released: it expires now, and the next
+        holder takes it over as from a writer that stopped uncleanly (so it fences the
+        generation, fence.py) — for a holder that took over and then gave up before its own
+        generation began, whose predecessor may still be writing."""
         if self.record is None:
             return
-        self._store(replace(self.record, released=True, expires_at=time.time()), self._tag)
+        self._store(replace(self.record, released=clean, expires_at=time.time()), self._tag)

@@ -19,8 +19,11 @@ in.
 
 Only the current lineage. A segment is applied once it is proved part of it: `lock.json`, read
 after it, still shows its epoch (it landed before any takeover, so a new holder continues from
-it), or another segment follows it in its generation. A fenced writer's stray proves neither:
-it waits, and goes when `lock.json` names the new holder's generation, which ends the old one
+it), or another segment, or a fence (fence.py), follows it in its generation. A fence ends the
+generation: nothing after it is read, and `lock.json` is read at every poll until it names the
+new holder's generation. A stray that landed without a fence (an older writer's, or one sent
+in several requests to a server that ignores If-None-Match on the last) proves nothing: it
+waits, and goes when `lock.json` names the new holder's generation, which ends the old one
 before it. A restore of the current state leaves out a last segment that is not proved.
 
 What a poll costs. With nothing new, one GET: the next segment of the current generation,
@@ -50,9 +53,10 @@ from peewee import OperationalError, SqliteDatabase
 
 from .config import STORAGE_OPTIONS, Options, log_verbosely
 from .errors import ConfigurationError, ObjectNotFoundError, PeeweeS3Error, ReplicaCorruptError
+from .fence import Fence, lineage_end
 from .layout import Layout
 from .lease import LeaseRecord, read_lease
-from .restore import current_generation, remove_database_files, restore_to, segment_seqs
+from .restore import current_generation, remove_database_files, restore_to, segment_sizes
 from .segments import CommitRecord, Segment
 from .sidecar import SUFFIX as SIDECAR_SUFFIX
 from .snapshots import read_meta
@@ -185,6 +189,7 @@ class Follower:
         self._fetched: list = []      # segments read but not applied yet
         self._quiet_polls = 0         # polls since one last found a segment
         self._polls_since_lease = 0   # polls since lock.json was last read
+        self._fenced = False          # the last fetch found a fence after `_fetched`: the end
         # `_state` guards what status() reads; polls replace it under this lock.
         self._state = threading.Lock()
         self.generation: Optional[str] = None
@@ -266,18 +271,24 @@ class Follower:
         finally:  # what was fetched before a failure is applied all the same, once proved
             applied = self._apply_proved() if self._fetched else 0
         self._quiet_polls = 0 if applied else self._quiet_polls + 1
-        if at_end and 0 < self._quiet_polls <= LEASE_READ_EVERY and self._polls_since_lease:
+        if at_end and (self._fenced or 0 < self._quiet_polls <= LEASE_READ_EVERY) \
+                and self._polls_since_lease:
             self._follow(self._read_lease())  # segments stopped: the writer may be on a new one
         return at_end
 
     def _fetch(self) -> bool:
-        """Read the segments after the copy's position; True once the next one is absent."""
+        """Read the segments after the copy's position; True once the next one is absent or
+        a fence."""
+        self._fenced = False
         while len(self._fetched) < MAX_FETCH:
             seq = self.seq + len(self._fetched) + 1
             key = self.layout.segment(self.generation, seq)
             try:
                 data = self.storage.read(key)
             except ObjectNotFoundError:
+                return True
+            if Fence.decode(data, key) is not None:
+                self._fenced = True
                 return True
             segment = Segment.decode(data, key)
             if (segment.generation, segment.seq) != (self.generation, seq):
@@ -299,7 +310,7 @@ class Follower:
         if self._follow(lease):
             return 0
         proved = len(self._fetched)  # each one but the last is proved by the one after it
-        if not _lease_proves(lease, self._fetched[-1]):
+        if not self._fenced and not _lease_proves(lease, self._fetched[-1]):
             proved -= 1
         if proved:
             self._apply(self._fetched[:proved])
@@ -340,6 +351,7 @@ class Follower:
         finally:
             remove_database_files(restored)
         self._fetched = []
+        self._fenced = False
         self._moved_to(generation, seq, last_time)
 
     def _restore(self) -> tuple:
@@ -358,15 +370,16 @@ class Follower:
     def _proved_end(self) -> int:
         """How far a restore of the current generation may go: through its last segment only
         if lock.json, read after it, proves it (see _lease_proves); the ones before it are
-        proved by the segment that follows them."""
+        proved by the segment that follows them, the last before a fence by the fence."""
         generation = current_generation(self.storage, self.layout).generation
-        seqs = segment_seqs(self.storage, self.layout, generation)
-        if not seqs:
-            return 0
-        key = self.layout.segment(generation, seqs[-1])
+        listed = segment_sizes(self.storage, self.layout, generation)
+        end = lineage_end(self.storage, self.layout, generation, listed)
+        if not end or end < listed[-1][0]:
+            return end
+        key = self.layout.segment(generation, end)
         last = Segment.decode(self.storage.read(key), key)
         lease = read_lease(self.storage, self.layout.lock)
-        return seqs[-1] if _lease_proves(lease, last) else seqs[-1] - 1
+        return end if _lease_proves(lease, last) else end - 1
 
     def _moved_to(self, generation: str, seq: int, last_time: float) -> None:
         """The copy now holds a fresh restore: everything storage held moments ago."""

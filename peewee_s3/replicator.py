@@ -1,7 +1,8 @@
 """replicator: ships committed WAL pages to storage and keeps the lease — one thread per database.
 
 It reads new commits out of the WAL under SQLite's write lock (local I/O only, localfile.py),
-releases the lock, checks the lease, and uploads them as a segment of the current generation;
+releases the lock, and uploads them as a segment of the current generation (with no lease read:
+a new holder's fence at the next key stops a writer taken over, fence.py);
 it renews the lease, starts new generations with a snapshot, and checkpoints only frames
 already read. A WAL restart that the pin cannot prove harmless starts a new generation.
 Network I/O never happens while it holds SQLite's write lock.
@@ -20,7 +21,8 @@ from typing import Callable, Optional
 
 from .clock import CommitClock
 from .config import Options
-from .errors import LeaseLostError, PeeweeS3Error, SessionClosedError, StorageError
+from .errors import (LeaseLostError, PeeweeS3Error, PreconditionFailedError, ReplicaCorruptError,
+                     SessionClosedError, StorageError)
 from .layout import Layout, new_generation_id
 from .lease import Lease
 from .localfile import ASYNC_CHECK_EVERY, LocalFile
@@ -30,7 +32,7 @@ from .retention import prune
 from .segments import FrameSegment
 from .sidecar import Sidecar, describe_file, write_sidecar
 from .snapshots import read_meta, upload_snapshot
-from .storage import Storage
+from .storage import CHUNK_SIZE, Storage
 from .wal import WalPosition, WalRead, wal_path
 
 log = logging.getLogger("peewee_s3")
@@ -357,9 +359,18 @@ class Replicator:
                                tuple(read.times))
         data = segment.encode()
         key = self.layout.segment(self.shipped.generation, seq)
-        self._guard(self.lease.check)
-        self.storage.create(key, data)
-        if self.options.sync_mode == "sync":
+        # The fence fences (docs/FORMAT.md, "Fences"): a new holder creates the next key of
+        # this generation first, so this create fails. A segment sent in several requests
+        # (multipart) is checked against lock.json as well, on servers that might not apply
+        # If-None-Match to the request that completes it.
+        several = len(data) >= CHUNK_SIZE
+        if several:
+            self._guard(self.lease.check)
+        try:
+            self.storage.create(key, data)
+        except PreconditionFailedError:
+            raise self._fence(self._fenced_at(key)) from None
+        if several and self.options.sync_mode == "sync":
             self._guard(self.lease.check)
         s = self.shipped
         s.seq, s.position, s.last_sync = seq, read.position, now
@@ -372,6 +383,17 @@ class Replicator:
         self.publish_durable()
         log.info("shipped %d commits of %s as %s (%d bytes)", len(read.ends),
                  self.layout.base, key, len(data))
+
+    def _fenced_at(self, key: str) -> LeaseLostError:
+        """The segment key was taken: a new holder's fence (nothing else writes it). Its
+        lease check says who took over."""
+        try:
+            self.lease.check()
+        except LeaseLostError as exc:
+            return exc
+        except (StorageError, ReplicaCorruptError):
+            pass
+        return self.lease.lost(f"the next segment key, {key}, holds another writer's fence")
 
     def _store_merged(self) -> None:
         """Store one merged segment for the segments gathered since the last (merging.py).

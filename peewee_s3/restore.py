@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 from .errors import (ConfigurationError, LocalStateError, LocalWriteError, NothingToRestoreError,
                      ObjectNotFoundError, PeeweeS3Error, ReplicaCorruptError)
+from .fence import lineage_end
 from .layout import Layout
 from .lease import read_lease
 from .segments import PageWriter, Segment
@@ -219,11 +220,14 @@ def restore_to(storage: Storage, layout: Layout, target: str, *, at: Optional[fl
 
 def read_plan(storage: Storage, layout: Layout, generation: str, until_seq: Optional[int],
               merged: bool = True) -> list:
-    """The objects that rebuild a generation through `until_seq` (or its last segment), in
-    order: (first seq, last seq, key, size) of merged segments where they cover the way,
-    of single segments elsewhere. The segments' chain is checked whole either way."""
-    sizes = {seq: size for seq, size in segment_sizes(storage, layout, generation)
-             if until_seq is None or seq <= until_seq}
+    """The objects that rebuild a generation through `until_seq` (or, if None, the end of its
+    lineage: its last segment before any fence), in order: (first seq, last seq, key, size) of
+    merged segments where they cover the way, of single segments elsewhere. The segments'
+    chain is checked whole either way."""
+    listed = segment_sizes(storage, layout, generation)
+    if until_seq is None:
+        until_seq = lineage_end(storage, layout, generation, listed)
+    sizes = {seq: size for seq, size in listed if seq <= until_seq}
     end = max(sizes, default=0)
     longest: dict = {}
     for info in storage.list(layout.merged_segments(generation)) if merged else ():

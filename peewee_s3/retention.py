@@ -47,8 +47,14 @@ class StoredGeneration:
 
     @property
     def segment_seqs(self) -> list[int]:
-        return sorted(s for s in (Layout.segment_seq(o.key) for o in self.objects
-                                  if "/wal/" in o.key) if s)
+        return [seq for seq, _ in self.segment_sizes]
+
+    @property
+    def segment_sizes(self) -> list[tuple]:
+        """(seq, size) of the objects at its segment keys (a fence among them), in order."""
+        return sorted((seq, o.size) for seq, o in ((Layout.segment_seq(o.key), o)
+                                                   for o in self.objects if "/wal/" in o.key)
+                      if seq)
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ from . import files
 from .config import Options
 from .errors import (ConfigurationError, LeaseLostError, LocalStateError, NothingToRestoreError,
                      PreconditionFailedError)
+from .fence import fence_generation, lineage_end
 from .layout import Layout
 from .lease import Lease
 from .probe import probe_conditional_writes
 from .replicator import Replicator
-from .restore import current_generation, move_aside, restore_to, segment_seqs
+from .restore import current_generation, move_aside, restore_to, segment_sizes
 from .sidecar import Sidecar, describe_file, read_sidecar, remove_sidecar
 from .storage import Storage, open_storage
 from .wal import WalPosition, read_commits, wal_path
@@ -164,7 +165,7 @@ def open_session(path: str, options: Options,
                 replicator.close_connections()
                 raise
         except BaseException:
-            lease.release()
+            lease.release(clean=not lease.took_over)
             raise
     except BaseException:
         storage.close()
@@ -226,8 +227,9 @@ def _settle_local_file(path: str, storage: Storage, layout: Layout, lease: Lease
         meta = current_generation(storage, layout)
     except NothingToRestoreError:
         return _new_lineage(path, origin)
+    end, fenced = _end_of_previous_writer(storage, layout, lease, meta.generation)
     if not _exists(path):
-        return _restore(path, storage, layout, lease, meta, prepare)
+        return _restore(path, storage, layout, lease, meta, fenced, prepare)
     _check_is_sqlite(path)
     sidecar = read_sidecar(path)
     if sidecar is None or not _same_origin(sidecar.origin, origin):
@@ -236,13 +238,12 @@ def _settle_local_file(path: str, storage: Storage, layout: Layout, lease: Lease
             f"{path} exists with {found}, and {origin} already holds a database: it cannot be "
             "proved to be a state of it. Move the file away to restore from storage, or use "
             "another database_name to replicate this file as a new database")
-    end = (segment_seqs(storage, layout, meta.generation) or [0])[-1]
     if _replicated_here(lease, path) and sidecar.generation == meta.generation:
         # Its last holder shipped from this very file and died: nothing it stored is newer
         # than the file (other processes may have committed more to it since).
         return Plan(False, meta.generation, end)
     if sidecar.generation == meta.generation and sidecar.seq == end:
-        if (_wal_matches(path, sidecar) and sidecar.describes(path)
+        if (_wal_matches(path, sidecar) and sidecar.describes(path) and not fenced
                 and _clean_handover(lease, meta.generation)):
             return Plan(True, meta.generation, end, meta.created_at, sidecar.file)
         if not sidecar.describes(path):
@@ -255,7 +256,7 @@ def _settle_local_file(path: str, storage: Storage, layout: Layout, lease: Lease
         remove_sidecar(path)
         log.warning("%s held an older state (generation %s, segment %d); moved it to %s and "
                     "restoring %s", path, sidecar.generation, sidecar.seq, aside, meta.generation)
-        return _restore(path, storage, layout, lease, meta, prepare)
+        return _restore(path, storage, layout, lease, meta, fenced, prepare)
     raise LocalStateError(
         f"{path} says it shipped generation {sidecar.generation} segment {sidecar.seq}, but "
         f"{origin} holds generation {meta.generation} through segment {end}: neither is "
@@ -286,12 +287,30 @@ def _new_lineage(path: str, origin: str) -> Plan:
     return Plan(False)
 
 
-def _restore(path: str, storage: Storage, layout: Layout, lease: Lease, meta,
+def _restore(path: str, storage: Storage, layout: Layout, lease: Lease, meta, fenced: bool,
              prepare: Optional[Callable] = None) -> Plan:
     _remove_leftovers(path)
     state = restore_to(storage, layout, path, generation=meta.generation, prepare=prepare)
-    return Plan(_clean_handover(lease, state.generation), state.generation, state.seq,
-                meta.created_at)
+    return Plan(_clean_handover(lease, state.generation) and not fenced, state.generation,
+                state.seq, meta.created_at)
+
+
+def _end_of_previous_writer(storage: Storage, layout: Layout, lease: Lease,
+                            generation: str) -> tuple:
+    """(last segment of `generation` in the lineage, whether a fence ends it). Unless its last
+    writer released the lease itself, that writer may still be uploading into it: fence it
+    first (fence.py), so that the end read here is final. Called with the lease just taken."""
+    listed = segment_sizes(storage, layout, generation)
+    last = listed[-1][0] if listed else 0
+    if _clean_handover(lease, generation):
+        end = lineage_end(storage, layout, generation, listed)
+        return end, end < last
+    end = fence_generation(storage, layout, generation, listed, epoch=lease.epoch,
+                           holder_id=lease.holder_id)
+    log.info("fenced generation %s of %s after segment %d: its last writer (%s) did not "
+             "release the lease", generation, layout.base, end,
+             lease.previous.describe() if lease.previous else "lock.json was missing")
+    return end, True
 
 
 def _replicated_here(lease: Lease, path: str) -> bool:

@@ -1,4 +1,5 @@
 """The `peewee-s3` command, run as a user runs it: a subprocess, on file:// and moto's server."""
+import dataclasses
 import datetime as dt
 import fcntl
 import json
@@ -19,6 +20,7 @@ import pytest
 from peewee_s3 import restore
 from peewee_s3.cli import main
 from peewee_s3.errors import LeaseLostError
+from peewee_s3.lease import LeaseRecord
 from peewee_s3.storage import open_storage
 
 from .helpers import NAME, Note, make_db, rows_in_file, stored_keys
@@ -239,6 +241,27 @@ def test_snapshot_uploads_a_local_file_only_when_it_can_take_the_lease(tmp_path,
     assert rows_in_file(tmp_path / "r.db") == ["from the local file"]
     explained = run(backend, "snapshot")
     assert explained.returncode == 1 and "db.snapshot()" in explained.stderr
+
+
+def test_a_snapshot_over_an_expired_lease_fences_the_writer_that_held_it(tmp_path, backend):
+    """The holder may only be paused past its lease: its next commit must fail, not land in a
+    generation that is no longer current."""
+    db = make_db(tmp_path / "a.db", backend.kwargs, sync_mode="sync")
+    db.create_tables([Note])
+    write_rows(db, "before")
+    with open_storage(**backend.kwargs) as storage:
+        held = LeaseRecord.from_bytes(storage.read(f"{NAME}/lock.json"), "lock.json")
+        storage.write(f"{NAME}/lock.json",
+                      dataclasses.replace(held, expires_at=time.time() - 1).to_bytes())
+    local = tmp_path / "local.db"
+    conn = sqlite3.connect(local)
+    conn.execute("CREATE TABLE note (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+    conn.commit()
+    conn.close()
+    succeeded(run(backend, "snapshot", "--local", str(local)))
+    with pytest.raises(LeaseLostError):
+        write_rows(db, "after the snapshot")
+    db.shutdown()
 
 
 def test_errors_are_one_line_without_a_traceback_or_a_secret(tmp_path, moto_endpoint):

@@ -13,11 +13,13 @@ import peewee
 import pytest
 
 from peewee_s3 import S3SqliteDatabase
-from peewee_s3.errors import ConfigurationError, NothingToRestoreError, ReplicaCorruptError
+from peewee_s3.errors import (ConfigurationError, NothingToRestoreError, PreconditionFailedError,
+                              ReplicaCorruptError)
+from peewee_s3.fence import fence_generation
 from peewee_s3.layout import Layout
 from peewee_s3.lease import read_lease
 from peewee_s3.replica import ReadOnlyReplicaError, S3SqliteReplica
-from peewee_s3.restore import restore_to
+from peewee_s3.restore import restore_to, segment_sizes
 from peewee_s3.segments import CommitRecord, Segment
 from peewee_s3.storage import open_storage
 
@@ -419,7 +421,31 @@ def test_a_corrupt_segment_stops_the_replica_where_it_is(tmp_path, file_storage)
     db.shutdown()
 
 
-# -- a fenced writer's stray segment --------------------------------------------------------
+# -- a takeover's fence and a fenced writer's stray segment ---------------------------------
+
+def test_a_replica_stops_at_a_takeovers_fence_and_follows_the_new_writer(tmp_path,
+                                                                         file_storage):
+    old = make_db(tmp_path / "old.db", file_storage, sync_mode="sync")
+    old.create_tables([Note])
+    Note.create(body="before the takeover")
+    replica = make_replica(tmp_path / "r.db", file_storage, poll_interval=60)
+    replica.connect()
+    generation = old.status()["generation"]
+    with open_storage(**file_storage) as storage:  # a new holder's first step
+        fence_generation(storage, Layout(NAME), generation,
+                         segment_sizes(storage, Layout(NAME), generation), epoch=99,
+                         holder_id="f" * 16)
+    status = replica.refresh()
+    assert status["last_error"] is None and status["generation"] == generation
+    assert notes(replica) == ["before the takeover"]
+    new = make_db(tmp_path / "new.db", file_storage, sync_mode="sync", force_lock=True)
+    Note.bind(new)
+    Note.create(body="after the takeover")
+    assert replica.refresh()["generation"] == new.status()["generation"]
+    assert notes(replica) == ["after the takeover", "before the takeover"]
+    for db in (replica, new, old):
+        db.shutdown()
+
 
 META_DELAY = 2.5  # how long the new writer's snapshot meta is held up on its way to the bucket
 
@@ -469,9 +495,11 @@ def test_a_fenced_writers_stray_segment_never_shows_on_a_replica(tmp_path, proxi
 
 
 def stray_lands_during_a_takeover(old, new, proxy, storage_kwargs, tmp_path):
-    """`new` takes the lease over from `old` (force_lock) and reads the old generation; while
-    its snapshot meta is held up, the old writer's delayed upload lands at the next key of the
-    old generation with the old epoch. Returns the thread that is connecting the new writer."""
+    """`new` takes the lease over from `old` (force_lock), fences the old generation and reads
+    it; while its snapshot meta is held up, the old writer's delayed upload comes for the next
+    key of the old generation with the old epoch. The fence refuses it; it lands all the same,
+    as on a server that ignores If-None-Match on the request completing a multipart upload.
+    Returns the thread that is connecting the new writer."""
     position = old.status()["position"]
     with open_storage(**storage_kwargs) as storage:
         old_epoch = read_lease(storage, Layout(NAME).lock).epoch
@@ -480,9 +508,11 @@ def stray_lands_during_a_takeover(old, new, proxy, storage_kwargs, tmp_path):
         taking_over.start()
         wait_for(lambda: proxy.counts["slow"], "the new writer's snapshot meta on its way")
         seq = position["seq"] + 1
-        storage.create(Layout(NAME).segment(position["generation"], seq),
-                       stray_segment(storage, position["generation"], seq, old_epoch, "stray",
-                                     tmp_path))
+        key = Layout(NAME).segment(position["generation"], seq)
+        stray = stray_segment(storage, position["generation"], seq, old_epoch, "stray", tmp_path)
+        with pytest.raises(PreconditionFailedError):
+            storage.create(key, stray)            # the new writer's fence holds the key
+        storage.write(key, stray)
     return taking_over
 
 

@@ -10,6 +10,7 @@ import json
 from typing import Optional
 
 from ..errors import NothingToRestoreError, ObjectNotFoundError, ReplicaCorruptError
+from ..fence import lineage_end
 from ..restore import current_generation
 from ..retention import StoredGeneration, stored_generations
 from ..segments import Segment
@@ -31,7 +32,8 @@ def cmd_generations(args: argparse.Namespace, db: StoredDatabase) -> int:
                  "LAST COMMIT", "COMPLETE", "CURRENT"],
                 [[r["generation"], when(r["created_at"]),
                   byte_size(r["snapshot_size"]) if r["snapshot_size"] is not None else "-",
-                  str(r["segments"]) + (" (gap)" if r["gap"] else ""),
+                  str(r["segments"]) + (" (gap)" if r["gap"] else "")
+                  + (" (fenced)" if r["fenced_after"] is not None else ""),
                   when(r["first_commit"]), when(r["last_commit"]),
                   "DAMAGED" if r["problem"] else ("yes" if r["complete"] else "no"),
                   "*" if r["current"] else ""] for r in rows])
@@ -43,21 +45,28 @@ def cmd_generations(args: argparse.Namespace, db: StoredDatabase) -> int:
 
 def _generation_row(db: StoredDatabase, generation: StoredGeneration, current: Optional[str]
                     ) -> dict:
-    seqs = generation.segment_seqs
-    first = last = None
+    listed = generation.segment_sizes
+    seqs = [seq for seq, _ in listed]
+    first = last = fenced_after = None
     problem = generation.problem
-    if seqs:
-        try:
-            first = read_segment(db, generation.id, seqs[0]).first_time
-            last = read_segment(db, generation.id, seqs[-1]).last_time
-        except (ReplicaCorruptError, ObjectNotFoundError) as exc:
-            problem = str(exc)
+    try:
+        # A fence ends the lineage of a generation whose writer was taken over (fence.py).
+        end = lineage_end(db.storage, db.layout, generation.id, listed)
+        if seqs and end < seqs[-1]:
+            fenced_after = end
+        segments = [seq for seq in seqs if seq <= end]
+        if segments:
+            first = read_segment(db, generation.id, segments[0]).first_time
+            last = read_segment(db, generation.id, segments[-1]).last_time
+    except (ReplicaCorruptError, ObjectNotFoundError) as exc:
+        problem, segments = str(exc), seqs
     snapshot_key = db.layout.snapshot(generation.id)
     stored_size = next((o.size for o in generation.objects if o.key == snapshot_key), None)
     snapshot_size = generation.meta.size if generation.meta else stored_size
     problem = problem or _snapshot_problem(generation, snapshot_key, stored_size)
     return {"generation": generation.id, "created_at": generation.created_at,
-            "snapshot_size": snapshot_size, "segments": len(seqs),
+            "snapshot_size": snapshot_size, "segments": len(segments),
+            "fenced_after": fenced_after,
             "gap": seqs != list(range(1, len(seqs) + 1)), "first_commit": first,
             "last_commit": last, "complete": generation.complete,
             "current": generation.id == current, "size": generation.size, "problem": problem}

@@ -1,7 +1,8 @@
 """cli.lease: `peewee-s3 lease release`, ending the lease of a writer that is gone.
 
-The lease is ended with a new holder and epoch by a conditional write, never deleted, so a
-writer that still holds it is fenced. A live lease is ended only with --force.
+The lease is ended with a new holder and epoch by a conditional write, never deleted, and its
+generation with a fence (fence.py), so a writer that still holds it is fenced. A live lease is
+ended only with --force.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import socket
 import time
 
 from ..errors import LeaseHeldError, ObjectNotFoundError, PreconditionFailedError
+from ..fence import fence_generation
 from ..lease import LeaseRecord
+from ..restore import segment_sizes
 from .options import StoredDatabase
 from .output import duration
 
@@ -50,6 +53,11 @@ def cmd_lease_release(args: argparse.Namespace, db: StoredDatabase) -> int:
     state = (f"live, {duration(held.expires_at - now)} left" if live
              else f"expired {duration(now - held.expires_at)} ago")
     print(f"released the lease on {db.describe()} held by {held.describe()} ({state})")
+    if held.generation:  # a writer stopped past its lease may still run: end its generation
+        end = fence_generation(storage, db.layout, held.generation,
+                               segment_sizes(storage, db.layout, held.generation),
+                               epoch=ended.epoch, holder_id=ended.holder_id)
+        print(f"generation {held.generation} is fenced after segment {end}")
     if live:
         print("that writer is fenced: its next upload and its writes fail")
     return 0

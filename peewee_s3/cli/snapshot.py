@@ -1,7 +1,8 @@
 """cli.snapshot: `peewee-s3 snapshot --local FILE`, a local database file as a new generation.
 
-It takes the lease (so never while a writer holds it), uploads a checked copy of FILE, makes
-it current and releases the lease. FILE is only read.
+It takes the lease (so never while a writer holds it; one that expired is taken over, and its
+generation fenced), uploads a checked copy of FILE, makes it current and releases the lease.
+FILE is only read.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import time
 from typing import Callable
 
 from ..errors import LocalStateError, PeeweeS3Error
+from ..fence import fence_generation
 from ..layout import new_generation_id
 from ..lease import Lease
+from ..restore import segment_sizes
 from ..snapshots import copy_database, upload_snapshot
 from .options import StoredDatabase
 from .output import PROG, byte_size
@@ -47,6 +50,12 @@ def cmd_snapshot(args: argparse.Namespace, db: StoredDatabase) -> int:
         lease = Lease(db.storage, db.layout.lock, args.lock_ttl)
         lease.acquire()
         try:
+            previous = lease.previous
+            if previous and not previous.released and previous.generation:
+                # Its writer may only be paused: its next segment must fail (fence.py).
+                fence_generation(db.storage, db.layout, previous.generation,
+                                 segment_sizes(db.storage, db.layout, previous.generation),
+                                 epoch=lease.epoch, holder_id=lease.holder_id)
             generation = new_generation_id()
             with progress_bar(os.path.getsize(copy), "snapshot.db") as bar:
                 keeper = _LeaseKeeper(lease, bar.update)
@@ -57,10 +66,10 @@ def cmd_snapshot(args: argparse.Namespace, db: StoredDatabase) -> int:
         except BaseException:
             # After a takeover, the previous holder may be alive and uploading into the current
             # generation: a clean release would tell the next writer to carry on in it, so
-            # ours is left to expire. (A lost lease cannot be released: say why it failed.)
-            if lease.previous is None or lease.previous.released:
-                with contextlib.suppress(PeeweeS3Error):
-                    lease.release()
+            # ours ends as an expired one (the next writer fences the generation). (A lost
+            # lease cannot be released: say why it failed.)
+            with contextlib.suppress(PeeweeS3Error):
+                lease.release(clean=not lease.took_over)
             raise
         lease.release()
     print(f"uploaded {path} to {db.describe()} as generation {generation} "

@@ -10,8 +10,9 @@ import json
 import time
 from typing import Optional
 
+from ..fence import lineage_end
 from ..lease import LeaseRecord, read_lease
-from ..restore import segment_seqs
+from ..restore import segment_sizes
 from ..retention import stored_generations
 from .generations import current_id, read_segment
 from .options import StoredDatabase
@@ -26,10 +27,11 @@ def cmd_status(args: argparse.Namespace, db: StoredDatabase) -> int:
     current = current_id(db)
     last_segment = None
     if current:
-        seqs = segment_seqs(db.storage, db.layout, current)
-        if seqs:
-            segment = read_segment(db, current, seqs[-1])
-            last_segment = {"generation": current, "seq": seqs[-1],
+        end = lineage_end(db.storage, db.layout, current,
+                          segment_sizes(db.storage, db.layout, current))
+        if end:
+            segment = read_segment(db, current, end)
+            last_segment = {"generation": current, "seq": end,
                             "commits": len(segment.commits), "last_commit": segment.last_time,
                             "seconds_ago": now - segment.last_time}
     current_meta = next((g.meta for g in complete if g.id == current), None)

@@ -12,7 +12,8 @@ import sqlite3
 import tempfile
 
 from ..errors import ObjectNotFoundError, ReplicaCorruptError
-from ..restore import parse_time, restore_to, segment_seqs
+from ..fence import lineage_end
+from ..restore import parse_time, restore_to, segment_sizes
 from ..snapshots import read_meta
 from .options import StoredDatabase
 from .output import byte_size, counted, when
@@ -32,7 +33,9 @@ def cmd_verify(args: argparse.Namespace, db: StoredDatabase) -> int:
         except (ReplicaCorruptError, ObjectNotFoundError) as exc:
             raise ReplicaCorruptError(f"verify FAILED for {db.describe()}: {exc}") from None
         meta = read_meta(db.storage, db.layout, state.generation)
-        stored = segment_seqs(db.storage, db.layout, state.generation)
+        listed = segment_sizes(db.storage, db.layout, state.generation)
+        stored = lineage_end(db.storage, db.layout, state.generation, listed)  # then a fence?
+        fenced = stored < len(listed)
         conn = sqlite3.connect(f"{pathlib.Path(target).as_uri()}?mode=ro", uri=True)
         try:
             pages = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -47,12 +50,15 @@ def cmd_verify(args: argparse.Namespace, db: StoredDatabase) -> int:
     print(f"  snapshot    {byte_size(meta.size)}, size and sha256 match its meta "
           f"({meta.sha256[:16]}…)")
     if state.seq:
-        print(f"  segments    1-{state.seq} of {len(stored)} stored: each one's sha256, "
+        print(f"  segments    1-{state.seq} of {stored} stored: each one's sha256, "
               f"generation and sequence number checked; {counted(state.commits, 'commit')} "
               f"applied, "
               f"the last at {when(state.last_commit_time)}")
     else:
-        print(f"  segments    none applied ({len(stored)} stored)")
+        print(f"  segments    none applied ({stored} stored)")
+    if fenced:
+        print("  fence       the generation ends in a fence: its writer was taken over, and "
+              "what follows it is not part of the lineage")
     print(f"  database    PRAGMA integrity_check: ok ({pages} pages of {meta.page_size} bytes, "
           f"{counted(tables, 'table')})")
     print("OK")
