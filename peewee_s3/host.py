@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-from . import files
+from . import files, scheduler
 from .config import Options
 from .errors import (ConfigurationError, LeaseHeldError, LeaseLostError, LocalStateError,
                      PeeweeS3Error, SessionClosedError, StorageError)
@@ -42,6 +42,7 @@ STATE_SUFFIX = ".peewee-s3.state"      # what is durable, written by the replica
 TAKEOVER_EVERY = 0.2     # seconds between a member's tries of the host lock
 READY_WAIT = 60.0        # seconds a new process waits for the replicating one to be ready
 DURABLE_WAIT = 120.0     # seconds a member's sync commit waits for the replicator at most
+LEAVE_WAIT = 10.0        # seconds a leaving member waits for its last commits to be shipped
 DONE_KEPT = 64           # WAL cycles the state remembers as wholly durable
 
 
@@ -122,7 +123,6 @@ class _Doorbell:
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)
         self._listener: Optional[socket.socket] = None
-        self._thread: Optional[threading.Thread] = None
 
     def ring(self, urgent: bool) -> None:
         try:
@@ -131,6 +131,8 @@ class _Doorbell:
             pass  # nobody listens (yet), or its queue is full: it ships at its interval anyway
 
     def listen(self, on_ring: Callable[[bool], None]) -> None:
+        """Call `on_ring(urgent)` for each ring, from the scheduler's one thread that waits on
+        every doorbell of the process (scheduler.py): it must not block."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             listener.bind(self.address)
@@ -138,28 +140,14 @@ class _Doorbell:
             listener.close()
             log.debug("no doorbell for members (%s): they wait for sync_interval", exc)
             return
-        listener.settimeout(0.5)
         self._listener = listener
-
-        def serve() -> None:
-            while self._listener is listener:
-                try:
-                    data = listener.recv(64)
-                except socket.timeout:
-                    continue
-                except OSError:
-                    return
-                on_ring(b"s" in data)
-
-        self._thread = threading.Thread(target=serve, name="peewee-s3 doorbell", daemon=True)
-        self._thread.start()
+        scheduler.get().listen(listener, lambda data: on_ring(b"s" in data))
 
     def close(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
+            scheduler.get().unlisten(listener)
             listener.close()
-        if self._thread is not None:
-            self._thread.join()
         self._sender.close()
 
 
@@ -248,7 +236,7 @@ class HostSession:
         self._role = None    # a Session (this process replicates) or a Member
         self._state: Optional[HostState] = None  # what we publish, when we replicate
         self._stop = threading.Event()
-        self._watcher: Optional[threading.Thread] = None
+        self._watcher: Optional[scheduler.Job] = None  # a member's tries of the host lock
 
     # -- opening -------------------------------------------------------------------------
 
@@ -261,9 +249,8 @@ class HostSession:
             state = read_state(self.path)
             if state is not None and state.ready and process_running(state.pid):
                 self._role = Member(self)
-                self._watcher = threading.Thread(target=self._watch, daemon=True,
-                                                 name=f"peewee-s3 member {self.path}")
-                self._watcher.start()
+                self._watcher = scheduler.run_every(f"member {self.path}", self._watch,
+                                                    first=TAKEOVER_EVERY)
                 log.info("%s is replicated by process %d: this one writes as a member",
                          self.path, state.pid)
                 return self
@@ -303,18 +290,19 @@ class HostSession:
         state.fenced = str(fenced) if fenced else None
         _write_state(self.path, state)
 
-    def _watch(self) -> None:
-        """A member's thread: take over replication as soon as the host lock is free."""
-        while not self._stop.wait(TAKEOVER_EVERY):
-            if not self._take_host_lock():
-                continue
-            try:
-                self._replicate()
-                log.warning("the process replicating %s is gone: this one (pid %d) replicates "
-                            "it now", self.path, os.getpid())
-                return
-            except (PeeweeS3Error, OSError, sqlite3.Error) as exc:
-                log.error("could not take over replicating %s, will retry: %s", self.path, exc)
+    def _watch(self) -> Optional[float]:
+        """A member's job (scheduler.py): take over replication as soon as the host lock is
+        free; returns when to try again, None once this process replicates."""
+        if self._stop.is_set() or not self._take_host_lock():
+            return None if self._stop.is_set() else TAKEOVER_EVERY
+        try:
+            self._replicate()
+        except (PeeweeS3Error, OSError, sqlite3.Error) as exc:
+            log.error("could not take over replicating %s, will retry: %s", self.path, exc)
+            return TAKEOVER_EVERY
+        log.warning("the process replicating %s is gone: this one (pid %d) replicates it now",
+                    self.path, os.getpid())
+        return None
 
     # -- what a database object asks -----------------------------------------------------
 
@@ -377,12 +365,15 @@ class HostSession:
 
     def shutdown(self) -> None:
         """Leave: a replicator ships and releases the lease (leaving the WAL and the file to
-        the other processes, if any, one of which takes over), a member just goes."""
+        the other processes, if any, one of which takes over), a member just goes — unless
+        nobody replicates any more: then it takes over to leave (`_take_over_to_leave`)."""
         if self.closed:
             return
         self._stop.set()
-        if self._watcher is not None and self._watcher is not threading.current_thread():
-            self._watcher.join()
+        if self._watcher is not None:
+            scheduler.get().cancel(self._watcher)
+        if isinstance(self._role, Member):
+            self._leave_shipped()
         role = self._role
         if isinstance(role, Session):
             others = not self._alone()
@@ -396,6 +387,34 @@ class HostSession:
             return
         role.shutdown()
         self._close()
+
+    def _leave_shipped(self) -> None:
+        """A member about to leave waits until what is in the WAL is durable, or takes over
+        if nobody replicates any more — the replicating process handed over (docs/HOSTS.md,
+        "Shutdown") while this one was leaving too, having shipped what it had read: a commit
+        of this process after that read (or folded into the file by its last close) is then
+        shipped by the end of this one's session. Gives up after LEAVE_WAIT: the commits
+        stand in the file, and whoever replicates it next ships them."""
+        salts, frame = wal_end(self.path)
+        committed_at = time.time()
+        self.doorbell.ring(urgent=True)
+        deadline = time.monotonic() + LEAVE_WAIT
+        while time.monotonic() < deadline:
+            if self._take_host_lock():
+                try:
+                    self._replicate()
+                except (PeeweeS3Error, OSError, sqlite3.Error) as exc:
+                    log.error("nobody replicates %s and this process could not ship its last "
+                              "commits before leaving (the next process to open it does): %s",
+                              self.path, exc)
+                return
+            state = read_state(self.path)
+            if state is not None and (state.fenced or state.covers(salts, frame, committed_at)):
+                return
+            time.sleep(0.002)
+        log.warning("the process replicating %s did not ship this one's last commits within "
+                    "%.0f s: they stand in the file, and whoever replicates it next ships "
+                    "them", self.path, LEAVE_WAIT)
 
     def close_broken(self) -> None:
         """The local file is gone: end the session for every object of this process (the
