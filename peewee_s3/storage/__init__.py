@@ -8,7 +8,7 @@ from fsspec, s3fs, botocore or the OS is turned into a `peewee_s3.errors` except
 
 from .base import CHUNK_SIZE, ObjectInfo, Progress, Storage, Tag
 from .local import LocalStorage
-from .opening import RETRIES, WORKING_PROTOCOLS, open_storage
+from .opening import RETRIES, WORKING_PROTOCOLS, open_storage, release_storage, share_storage
 from .other import FsspecStorage
 from .s3 import STREAM_PIECE, S3Storage
 
@@ -25,4 +25,6 @@ __all__ = [
     "Storage",
     "Tag",
     "open_storage",
+    "release_storage",
+    "share_storage",
 ]
