@@ -11,6 +11,8 @@ import pytest
 from peewee_s3 import ConfigurationError, Tenants, restore
 from peewee_s3.cli import main
 
+from .faultproxy import FaultProxy
+
 THREAD_BOUND = 20  # the "about 20 threads in the process for any number of databases"
 
 
@@ -178,3 +180,25 @@ def test_the_command_refuses_a_pattern_that_matches_nothing_or_a_name_with_all(t
     assert main(["restore", "--all", "--database-name", "acme", "-o", str(tmp_path / "o"),
                  "--storage", storage]) == 1
     assert "drop --database-name" in capsys.readouterr().err
+
+
+def test_idle_databases_send_nothing_but_their_lease_renewals(tmp_path, moto_endpoint,
+                                                              make_bucket, s3_kwargs):
+    with FaultProxy(moto_endpoint) as proxy:
+        tenants = Tenants(str(tmp_path), **s3_kwargs(proxy.url, make_bucket(moto_endpoint)),
+                          sync_interval=0.1, lock_ttl=3)  # a renewal a second
+        try:
+            databases = [tenants.database(f"idle-{n}") for n in range(10)]
+            for db in databases:
+                write(db, "the last write")
+                db.sync()
+            time.sleep(0.5)  # the ticks that follow those writes are over: idle from here
+            proxy.counts.clear()
+            began = time.monotonic()
+            time.sleep(2.5)
+            idle_for, seen = time.monotonic() - began, dict(proxy.counts)
+        finally:
+            tenants.shutdown()
+    renewals = len(databases) * (int(idle_for / 1.0) + 1)
+    assert set(seen) <= {"requests", "PUT"}, seen          # no GET, HEAD, LIST or DELETE
+    assert seen.get("PUT", 0) <= renewals
