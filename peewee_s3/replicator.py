@@ -106,7 +106,7 @@ class Replicator:
         self.fenced: Optional[LeaseLostError] = None
         self.last_error: Optional[Exception] = None
         self.errors: Counter = Counter()  # the background thread's failures, by exception name
-        # `_io` serialises every step that reads the WAL or talks to storage: the thread's loop,
+        # `_io` serialises every step that reads the WAL or talks to storage: the job's ticks,
         # sync-mode commits shipping their own pages, db.sync(), db.snapshot() and shutdown.
         self._io = threading.RLock()
         self._job: Optional[scheduler.Job] = None  # its ticks on the process's scheduler
