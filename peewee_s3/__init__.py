@@ -10,8 +10,9 @@ from .errors import (ConfigurationError, EncryptionError, LeaseHeldError,  # noq
                      ReplicaCorruptError, StorageError)
 from .replica import ReadOnlyReplicaError, S3SqliteReplica  # noqa: E402
 from .restore import restore  # noqa: E402
+from .tenants import Tenants  # noqa: E402
 
-__all__ = ["S3SqliteDatabase", "AsyncS3SqliteDatabase", "S3SqliteReplica", "restore",
+__all__ = ["S3SqliteDatabase", "AsyncS3SqliteDatabase", "S3SqliteReplica", "Tenants", "restore",
            "ConfigurationError", "EncryptionError", "LeaseHeldError", "LeaseLostError",
            "LocalStateError", "NothingToRestoreError", "PeeweeS3Error", "ReadOnlyReplicaError",
            "ReplicaCorruptError", "StorageError"]

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-from . import files
+from . import files, scheduler
 from .config import Options
 from .errors import (ConfigurationError, LeaseHeldError, LeaseLostError, LocalStateError,
                      PeeweeS3Error, SessionClosedError, StorageError)
@@ -42,6 +42,7 @@ STATE_SUFFIX = ".peewee-s3.state"      # what is durable, written by the replica
 TAKEOVER_EVERY = 0.2     # seconds between a member's tries of the host lock
 READY_WAIT = 60.0        # seconds a new process waits for the replicating one to be ready
 DURABLE_WAIT = 120.0     # seconds a member's sync commit waits for the replicator at most
+LEAVE_WAIT = 10.0        # seconds a leaving member waits for its last commits to be shipped
 DONE_KEPT = 64           # WAL cycles the state remembers as wholly durable
 
 
@@ -122,7 +123,6 @@ class _Doorbell:
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)
         self._listener: Optional[socket.socket] = None
-        self._thread: Optional[threading.Thread] = None
 
     def ring(self, urgent: bool) -> None:
         try:
@@ -131,6 +131,8 @@ class _Doorbell:
             pass  # nobody listens (yet), or its queue is full: it ships at its interval anyway
 
     def listen(self, on_ring: Callable[[bool], None]) -> None:
+        """Call `on_ring(urgent)` for each ring, from the scheduler's one thread that waits on
+        every doorbell of the process (scheduler.py): it must not block."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             listener.bind(self.address)
@@ -138,28 +140,14 @@ class _Doorbell:
             listener.close()
             log.debug("no doorbell for members (%s): they wait for sync_interval", exc)
             return
-        listener.settimeout(0.5)
         self._listener = listener
-
-        def serve() -> None:
-            while self._listener is listener:
-                try:
-                    data = listener.recv(64)
-                except socket.timeout:
-                    continue
-                except OSError:
-                    return
-                on_ring(b"s" in data)
-
-        self._thread = threading.Thread(target=serve, name="peewee-s3 doorbell", daemon=True)
-        self._thread.start()
+        scheduler.get().listen(listener, lambda data: on_ring(b"s" in data))
 
     def close(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
+            scheduler.get().unlisten(listener)
             listener.close()
-        if self._thread is not None:
-            self._thread.join()
         self._sender.close()
 
 
@@ -255,7 +243,7 @@ class HostSession:
         self._role = None    # a Session (this process replicates) or a Member
         self._state: Optional[HostState] = None  # what we publish, when we replicate
         self._stop = threading.Event()
-        self._watcher: Optional[threading.Thread] = None
+        self._watcher: Optional[scheduler.Job] = None  # a member's tries of the host lock
 
     # -- opening -------------------------------------------------------------------------
 
@@ -268,9 +256,8 @@ class HostSession:
             state = read_state(self.path)
             if state is not None and state.ready and process_running(state.pid):
                 self._role = Member(self)
-                self._watcher = threading.Thread(target=self._watch, daemon=True,
-                                                 name=f"peewee-s3 member {self.path}")
-                self._watcher.start()
+                self._watcher = scheduler.run_every(f"member {self.path}", self._watch,
+                                                    first=TAKEOVER_EVERY)
                 log.info("%s is replicated by process %d: this one writes as a member",
                          self.path, state.pid)
                 return self
@@ -310,18 +297,19 @@ class HostSession:
         state.fenced = str(fenced) if fenced else None
         _write_state(self.path, state)
 
-    def _watch(self) -> None:
-        """A member's thread: take over replication as soon as the host lock is free."""
-        while not self._stop.wait(TAKEOVER_EVERY):
-            if not self._take_host_lock():
-                continue
-            try:
-                self._replicate()
-                log.warning("the process replicating %s is gone: this one (pid %d) replicates "
-                            "it now", self.path, os.getpid())
-                return
-            except (PeeweeS3Error, OSError, sqlite3.Error) as exc:
-                log.error("could not take over replicating %s, will retry: %s", self.path, exc)
+    def _watch(self) -> Optional[float]:
+        """A member's job (scheduler.py): take over replication as soon as the host lock is
+        free; returns when to try again, None once this process replicates."""
+        if self._stop.is_set() or not self._take_host_lock():
+            return None if self._stop.is_set() else TAKEOVER_EVERY
+        try:
+            self._replicate()
+        except (PeeweeS3Error, OSError, sqlite3.Error) as exc:
+            log.error("could not take over replicating %s, will retry: %s", self.path, exc)
+            return TAKEOVER_EVERY
+        log.warning("the process replicating %s is gone: this one (pid %d) replicates it now",
+                    self.path, os.getpid())
+        return None
 
     # -- what a database object asks -----------------------------------------------------
 
@@ -389,8 +377,8 @@ class HostSession:
         if self.closed:
             return
         self._stop.set()
-        if self._watcher is not None and self._watcher is not threading.current_thread():
-            self._watcher.join()
+        if self._watcher is not None:
+            scheduler.get().cancel(self._watcher)
         role = self._role
         if isinstance(role, Member) and self._leave_as_member():
             role = self._role  # it replicates now, and leaves as a replicator does
@@ -414,7 +402,7 @@ class HostSession:
         just left: its last commits could stay only in the local file.)"""
         committed_at = time.time()
         salts, frame = wal_end(self.path)
-        deadline = time.monotonic() + DURABLE_WAIT
+        deadline = time.monotonic() + LEAVE_WAIT
         pause, rung = 0.0005, float("-inf")
         while True:
             if self._take_host_lock():

@@ -1,7 +1,7 @@
 """replica: `S3SqliteReplica`, a read-only SqliteDatabase that follows a writer through storage.
 
-It restores the current state on first connect, then one thread per replica polls storage and
-applies new commits to the local copy. It takes no lease and never writes to storage.
+It restores the current state on first connect, then a job per replica on the process's
+scheduler (scheduler.py) polls storage and applies new commits to the local copy. It takes no lease and never writes to storage.
 
 How every read sees one committed state. The local copy is the replica's own file, kept in
 rollback-journal mode, and the app reads it through read-only connections. The follower writes
@@ -51,6 +51,7 @@ from urllib.parse import quote
 
 from peewee import OperationalError, SqliteDatabase
 
+from . import scheduler
 from .config import STORAGE_OPTIONS, Options, log_verbosely
 from .errors import ConfigurationError, ObjectNotFoundError, PeeweeS3Error, ReplicaCorruptError
 from .fence import Fence, lineage_end
@@ -60,7 +61,7 @@ from .restore import current_generation, remove_database_files, restore_to, segm
 from .segments import CommitRecord, Segment
 from .sidecar import SUFFIX as SIDECAR_SUFFIX
 from .snapshots import read_meta
-from .storage import open_storage
+from .storage import release_storage, share_storage
 
 __all__ = ["S3SqliteReplica", "ReadOnlyReplicaError"]
 
@@ -177,12 +178,12 @@ class LocalCopy:
 
 
 class Follower:
-    """Keeps a LocalCopy in step with storage: the first restore, then one thread polling."""
+    """Keeps a LocalCopy in step with storage: the first restore, then a job polling."""
 
     def __init__(self, path: str, options: Options, poll_interval: float) -> None:
         self.path, self.options, self.poll_interval = path, options, poll_interval
         self.layout = Layout(options.base_key)
-        self.storage = open_storage(options.storage, **options.storage_kwargs())
+        self.storage = share_storage(options.storage, **options.storage_kwargs())
         # `_io` serialises polls (the thread's and refresh()'s): it guards the storage, the
         # local copy and the fields below that only polls write.
         self._io = threading.Lock()
@@ -202,12 +203,11 @@ class Follower:
         self.commits_applied = 0
         self.segments_applied = 0
         self.generations_installed = 0
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._job: Optional[scheduler.Job] = None  # its polls on the process's scheduler
         try:
             self.copy = LocalCopy(path)
         except BaseException:
-            self.storage.close()
+            release_storage(self.storage)
             raise
 
     def open(self) -> None:
@@ -220,31 +220,31 @@ class Follower:
         except BaseException:
             self.close()
             raise
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"peewee-s3 replica {self.layout.base}")
-        self._thread.start()
+        # The restore has just caught up: the first poll is one poll_interval away.
+        self._job = scheduler.run_every(f"replica {self.layout.base}", self._run,
+                                        first=self.poll_interval)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        job, self._job = self._job, None
+        if job is not None:
+            scheduler.get().cancel(job)
         with self._io:
             self.copy.close()
-            self.storage.close()
+            release_storage(self.storage)
 
     # -- polling -----------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        next_poll = time.monotonic() + self.poll_interval  # the restore has just caught up
-        while not self._stop.wait(max(0.0, next_poll - time.monotonic())):
-            next_poll = time.monotonic() + self.poll_interval
-            try:
-                if not self.poll():
-                    next_poll = time.monotonic()  # more is waiting: fetch it at once
-            except Exception as exc:  # noqa: BLE001 - the thread must outlive any one failure
-                log.warning("replica of %s could not catch up, will retry: %s",
-                            self.layout.base, exc, exc_info=not isinstance(exc, PeeweeS3Error))
+    def _run(self) -> float:
+        """One poll (a job on the process's scheduler); returns when to poll next: at once
+        while more is waiting, else poll_interval after this one began."""
+        began = time.monotonic()
+        try:
+            if not self.poll():
+                return 0.0  # more is waiting: fetch it at once
+        except Exception as exc:  # noqa: BLE001 - following must outlive any one failure
+            log.warning("replica of %s could not catch up, will retry: %s",
+                        self.layout.base, exc, exc_info=not isinstance(exc, PeeweeS3Error))
+        return max(0.0, began + self.poll_interval - time.monotonic())
 
     def poll(self, read_lease: bool = False) -> bool:
         """Fetch and apply what storage holds beyond the local copy. Returns False when there

@@ -1,4 +1,5 @@
-"""replicator: ships committed WAL pages to storage and keeps the lease — one thread per database.
+"""replicator: ships committed WAL pages to storage and keeps the lease — a job per database on
+the process's scheduler (scheduler.py), and in the committing thread in sync mode.
 
 It reads new commits out of the WAL under SQLite's write lock (local I/O only, localfile.py),
 releases the lock, and uploads them as a segment of the current generation (with no lease read:
@@ -19,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from . import scheduler
 from .clock import CommitClock
 from .config import Options
 from .errors import (LeaseLostError, PeeweeS3Error, PreconditionFailedError, ReplicaCorruptError,
@@ -106,12 +108,12 @@ class Replicator:
         self.fenced: Optional[LeaseLostError] = None
         self.last_error: Optional[Exception] = None
         self.errors: Counter = Counter()  # the background thread's failures, by exception name
-        # `_io` serialises every step that reads the WAL or talks to storage: the thread's loop,
+        # `_io` serialises every step that reads the WAL or talks to storage: the job's ticks,
         # sync-mode commits shipping their own pages, db.sync(), db.snapshot() and shutdown.
         self._io = threading.RLock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._job: Optional[scheduler.Job] = None  # its ticks on the process's scheduler
+        self._woken = False  # a tick is scheduled for the commits since the last one
+        self._postponed = False  # the next run ticks whatever the interval says
         self._unsent: Optional[tuple] = None
         self._carry: Optional[WalRead] = None  # read by a checkpoint, shipped next
         self._folded = False  # our checkpoint put commits nobody read into the file
@@ -133,60 +135,75 @@ class Replicator:
         """The commits after our position, read under SQLite's write lock (localfile.py)."""
         return self.local.read(self.shipped.position, action)
 
-    # -- the thread --------------------------------------------------------------------------
+    # -- the background job ------------------------------------------------------------------
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"peewee-s3 {self.layout.base}",
-                                        daemon=True)
-        self._thread.start()
+        """Tick in the background (scheduler.py): when a commit or another process asks, at
+        most once per sync_interval, and at least every min(sync_interval, renew_every)."""
+        self._woken = False
+        self._job = scheduler.run_every(f"replicator {self.layout.base}", self._run,
+                                        first=self._next_tick())
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join()
-            self._thread = None
+        """No tick runs after this returns (one in progress is waited for)."""
+        job, self._job = self._job, None
+        if job is not None:
+            scheduler.get().cancel(job)
 
     def notify(self) -> None:
         """A commit happened: ship soon (at most one shipment per sync_interval)."""
-        if not self._wake.is_set():  # Event.set() takes a lock and notifies: not per commit
-            self._wake.set()
+        if not self._woken:  # once per tick, not per commit: scheduling takes a lock
+            self._woken = True
+            self._wake(self._until_interval())
 
     def request_shipment(self) -> None:
         """Another process's sync-mode commit waits: ship now, not at the next interval."""
         self._urgent = True
-        self._wake.set()
+        self._wake(0.0)
+
+    def _wake(self, delay: float) -> None:
+        job = self._job
+        if job is not None:
+            scheduler.get().schedule(job, delay)
+
+    def _until_interval(self) -> float:
+        """Seconds until sync_interval has passed since the last shipment."""
+        return max(0.0, self.options.sync_interval - (time.time() - (self.shipped.last_sync or 0)))
+
+    def _next_tick(self) -> float:
+        return min(self.options.sync_interval, self.options.renew_every)
 
     def publish_durable(self) -> None:
         if self.on_durable is not None:
             s = self.shipped
             self.on_durable(s.position.salts, s.position.frames, s.last_snapshot or 0.0)
 
-    def _run(self) -> None:
-        interval = self.options.sync_interval
-        while not self._stop.is_set() and not self.fenced:
-            self._wake.wait(min(interval, self.options.renew_every))
-            if self._stop.is_set():
-                break
-            since = time.time() - (self.shipped.last_sync or 0)
-            if since < interval and not self._urgent:
-                self._stop.wait(interval - since)
-            self._wake.clear()
-            self._urgent = False
-            try:
-                with self._io:
-                    self._tick()
-                self.last_error = None
-                if self._prune_due:
-                    self.prune()
-            except LeaseLostError:
-                break
-            except (PeeweeS3Error, sqlite3.Error, OSError) as exc:
-                self.last_error = exc
-                self.errors[type(exc).__name__] += 1
-                log.warning("replication of %s failed, will retry: %s", self.layout.base, exc)
-                self._stop.wait(interval)
+    def _run(self) -> Optional[float]:
+        """One run of the job: a tick, unless the last shipment was less than sync_interval
+        ago (then the tick runs once that has passed: postponed once, so that sync-mode
+        commits shipping all the time never keep renewals away); returns when to run next,
+        None to stop."""
+        if self.fenced:
+            return None
+        wait = self._until_interval()
+        if wait > 0 and not self._urgent and not self._postponed:
+            self._postponed = True
+            return wait
+        self._woken = self._urgent = self._postponed = False
+        try:
+            with self._io:
+                self._tick()
+            self.last_error = None
+            if self._prune_due:
+                self.prune()
+        except LeaseLostError:
+            return None
+        except (PeeweeS3Error, sqlite3.Error, OSError) as exc:
+            self.last_error = exc
+            self.errors[type(exc).__name__] += 1
+            log.warning("replication of %s failed, will retry: %s", self.layout.base, exc)
+            return self.options.sync_interval
+        return self._next_tick()
 
     def _tick(self) -> None:
         if time.monotonic() - self._last_renewal >= self.options.renew_every:

@@ -30,7 +30,7 @@ from .probe import probe_conditional_writes
 from .replicator import Replicator
 from .restore import current_generation, move_aside, restore_to, segment_sizes
 from .sidecar import Sidecar, describe_file, read_sidecar, remove_sidecar
-from .storage import Storage, open_storage
+from .storage import Storage, release_storage, share_storage
 from .wal import WalPosition, read_commits, wal_path
 
 log = logging.getLogger("peewee_s3")
@@ -140,14 +140,14 @@ class Session:
         finally:
             self.closed = True
             r.close_connections()
-            self.storage.close()
+            release_storage(self.storage)
 
 
 def open_session(path: str, options: Options,
                  prepare: Optional[Callable[[sqlite3.Connection], None]] = None) -> Session:
     """`prepare` registers the app's functions and collations on the connection that checks
     a restored file (its schema may use them)."""
-    storage = open_storage(options.storage, **options.storage_kwargs())
+    storage = share_storage(options.storage, **options.storage_kwargs())
     try:
         layout = Layout(options.base_key)
         origin = _origin(storage, layout)
@@ -168,7 +168,7 @@ def open_session(path: str, options: Options,
             lease.release(clean=not lease.took_over)
             raise
     except BaseException:
-        storage.close()
+        release_storage(storage)
         raise
     replicator.start()
     return Session(path, options, storage, lease, replicator)

@@ -133,6 +133,28 @@ def test_the_fastapi_example_serves_its_todo_api(tmp_path, example_env):
     assert titles_in_storage(tmp_path, example_env) == ["write the tests", "ship it"]
 
 
+def test_the_tenants_example_keeps_a_database_per_tenant(tmp_path, example_env):
+    example = load_example("tenants_app/app.py")
+    client = example.app.test_client()
+    note = {"text": "call globex"}
+    assert client.post("/notes", json=note, headers={"X-Tenant": "acme"}).status_code == 201
+    assert client.post("/notes", json={"text": "hi"},
+                       base_url="http://globex.localhost").status_code == 201
+    acme = client.get("/notes", base_url="http://acme.localhost").get_json()
+    assert [n["text"] for n in acme] == ["call globex"]
+    assert [n["text"] for n in client.get("/notes", headers={"X-Tenant": "globex"}).get_json()
+            ] == ["hi"]
+    assert client.get("/notes").status_code == 400                       # no tenant named
+    assert client.get("/notes", headers={"X-Tenant": "../x"}).status_code == 400
+    assert example.tenants.names() == ["acme", "globex"]
+    example.tenants.shutdown()
+    storage = {**example_env, "key_prefix": "tenants"}
+    state = restore(target=str(tmp_path / "acme.db"), database_name="acme", **storage)
+    import sqlite3
+    with sqlite3.connect(state.path) as conn:
+        assert conn.execute("SELECT text FROM note").fetchall() == [("call globex",)]
+
+
 def test_the_running_flask_example_serves_metrics_over_http(tmp_path, example_env):
     port = _free_ports(1)[0]
     base = f"http://127.0.0.1:{port}"

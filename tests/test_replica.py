@@ -340,14 +340,12 @@ def test_shutdown_stops_following_and_connect_starts_again(tmp_path, file_storag
     db = make_db(tmp_path / "w.db", file_storage, sync_mode="sync")
     db.create_tables([Note])
     replica = make_replica(tmp_path / "r.db", file_storage)
-    before = set(threading.enumerate())
     replica.connect()
-    follower = [t for t in set(threading.enumerate()) - before
-                if t.name.startswith("peewee-s3 replica")]
-    assert len(follower) == 1
+    follower = replica._follower
+    assert follower._job is not None  # its polls are scheduled
     replica.shutdown()
     replica.shutdown()
-    assert not follower[0].is_alive() and replica.status()["open"] is False
+    assert follower._job is None and replica.status()["open"] is False
     Note.create(body="while it was shut down")
     replica.connect()
     assert scalar(replica, "SELECT count(*) FROM note") == 1

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from ..errors import PeeweeS3Error
 from .logs import library_logs
+from .many import LISTED_NAME, check_flags, cmd_many, wants_many
 from .options import build_options, open_database, secret_values
 from .output import redact, say_error, stdout_closed
 from .parser import build_parser
@@ -30,8 +31,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return explain_snapshot()
     with library_logs(args.verbose):
         try:
-            with open_database(build_options(args), writes=args.run is cmd_snapshot) as db:
-                status = args.run(args, db)
+            many = wants_many(args)
+            if many:
+                check_flags(args)
+            options = build_options(args, LISTED_NAME if many else None)
+            with open_database(options, writes=args.run is cmd_snapshot) as db:
+                status = cmd_many(args, db, hidden) if many else args.run(args, db)
             sys.stdout.flush()  # what a pipe still buffers: a reader gone shows here, not at exit
             return status
         except BrokenPipeError:  # `| head` has read enough: stop quietly, as `cat` would

@@ -46,10 +46,12 @@ def open_database(options: Options, *, writes: bool = False) -> Iterator[StoredD
         yield StoredDatabase(options, storage, Layout(options.base_key))
 
 
-def build_options(args: argparse.Namespace) -> Options:
-    """The library's Options from flags, then PEEWEE_S3_* variables; validated there."""
+def build_options(args: argparse.Namespace, database_name: Optional[str] = None) -> Options:
+    """The library's Options from flags, then PEEWEE_S3_* variables; validated there.
+    `database_name`, if given, is used whatever the flags and variables say."""
     given = {name: getattr(args, name, None) or os.environ.get(variable) or None
              for name, variable in ENV.items()}
+    given["database_name"] = database_name or given["database_name"]
     if not given["storage"]:
         raise ConfigurationError(f"no storage given: pass --storage URL (s3://bucket, "
                                  f"file:///dir, ...) or set {ENV['storage']}")

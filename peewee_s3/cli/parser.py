@@ -34,6 +34,7 @@ example:
   {PROG} status
   {PROG} generations
   {PROG} restore -o orders.db --timestamp 2026-11-25T14:02:00Z
+  {PROG} restore --match 'tenant-*' -o restored/    (a database per tenant: restored/NAME.db)
 """
 
 
@@ -70,7 +71,9 @@ def _add_restore(commands) -> None:
         "--generation. Every checksum is verified and PRAGMA integrity_check must pass before "
         "the file is put in place. Takes no lease and writes nothing to the storage.")
     restore.add_argument("-o", "--output", required=True, metavar="OUT",
-                         help="the database file to write")
+                         help="the database file to write (with --all or --match: a "
+                              "directory, which gets one NAME.db per database)")
+    _add_many(restore, "restore")
     which = restore.add_mutually_exclusive_group()
     which.add_argument("--timestamp", metavar="T",
                        help="restore the newest state committed at or before T (ISO-8601, "
@@ -93,7 +96,20 @@ def _add_generations(commands) -> None:
         "first and last commit time (from the first and last segment), whether it is complete "
         "(has snapshot.meta.json; only complete ones are restored) and whether it is current "
         "(the one a restore of the latest state reads).")
-    generations.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    generations.add_argument("--json", action="store_true", help="print JSON instead of a table "
+                             "(with --all or --match: one object, database name -> rows)")
+    _add_many(generations, "list the generations of")
+
+
+def _add_many(command: argparse.ArgumentParser, what: str) -> None:
+    """--all / --match: a database per tenant keeps many database names in one storage."""
+    many = command.add_mutually_exclusive_group()
+    many.add_argument("--all", action="store_true",
+                      help=f"{what} every database stored under --key-prefix (found by "
+                           "listing the storage), instead of --database-name")
+    many.add_argument("--match", metavar="GLOB",
+                      help=f"{what} every database whose name matches GLOB (e.g. 'tenant-*'; "
+                           "quote it from the shell)")
 
 
 def _add_status(commands) -> None:

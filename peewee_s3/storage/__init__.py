@@ -9,7 +9,7 @@ A database's objects pass through `sealed` (encryption at rest, see `peewee_s3.e
 
 from .base import CHUNK_SIZE, ObjectInfo, Progress, Storage, Tag
 from .local import LocalStorage
-from .opening import RETRIES, WORKING_PROTOCOLS, open_storage
+from .opening import RETRIES, WORKING_PROTOCOLS, open_storage, release_storage, share_storage
 from .other import FsspecStorage
 from .s3 import STREAM_PIECE, S3Storage
 from .sealed import SealedStorage
@@ -28,4 +28,6 @@ __all__ = [
     "Storage",
     "Tag",
     "open_storage",
+    "release_storage",
+    "share_storage",
 ]

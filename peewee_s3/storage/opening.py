@@ -8,6 +8,7 @@ the caller's options.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Mapping, Optional, Union
 from urllib.parse import urlsplit
 
@@ -51,6 +52,40 @@ def open_storage(
     if download_streams is not None and isinstance(store, S3Storage):
         store.download_streams = download_streams
     return store if encryption is None else SealedStorage(store, encryption)
+
+
+# Storages shared by the sessions of this process (`share_storage`): one filesystem, and so one
+# S3 client and its connection pool, per storage however many databases use it. `_shared_lock`
+# guards `_shared`: what the storage was opened with -> [Storage, users].
+_shared: dict = {}
+_shared_lock = threading.Lock()
+
+
+def share_storage(storage: Union[str, fsspec.AbstractFileSystem], **options: Any) -> Storage:
+    """`open_storage(storage, **options)`, or the one already open with the very same
+    arguments in this process; give it back with `release_storage`. A Storage keeps no state
+    of one database (keys are passed in), so the sessions of many databases share it."""
+    key = (storage if isinstance(storage, str) else id(storage),
+           repr(sorted(options.items())))
+    with _shared_lock:
+        entry = _shared.get(key)
+        if entry is None:
+            entry = _shared[key] = [open_storage(storage, **options), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def release_storage(store: Storage) -> None:
+    """One user of a `share_storage` storage is done; the last one closes it."""
+    with _shared_lock:
+        for key, entry in _shared.items():
+            if entry[0] is store:
+                entry[1] -= 1
+                if entry[1] > 0:
+                    return
+                del _shared[key]
+                break
+    store.close()
 
 
 def _open_storage(storage, storage_root, region, endpoint_url, force_path_style, credentials,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-from typing import IO
+from typing import IO, Optional
 
 from fsspec.asyn import sync
 
@@ -156,7 +156,12 @@ def _read_part(fileobj: IO[bytes], size: int) -> tuple[io.BytesIO, int]:
     They are read straight into a BytesIO that owns its buffer: given bytes, botocore wraps them
     in a BytesIO that aiohttp copies before sending, which would hold each part twice.
     """
+    left = _left_in(fileobj)
+    if left is not None:
+        size = min(size, left)  # a small object's part is its size, not a CHUNK_SIZE of zeros
     part = io.BytesIO()
+    if size <= 0:
+        return part, 0
     part.seek(size - 1)
     part.write(b"\0")
     length = 0
@@ -170,6 +175,14 @@ def _read_part(fileobj: IO[bytes], size: int) -> tuple[io.BytesIO, int]:
     part.truncate(length)
     part.seek(0)
     return part, length
+
+
+def _left_in(fileobj: IO[bytes]) -> Optional[int]:
+    """The bytes left to read in an in-memory file (a segment, lock.json), else None."""
+    if not isinstance(fileobj, io.BytesIO):
+        return None
+    with fileobj.getbuffer() as buffer:
+        return max(0, buffer.nbytes - fileobj.tell())
 
 
 def _write_part(fileobj: IO[bytes], progress: Progress, part: bytes) -> None:
