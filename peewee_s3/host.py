@@ -87,7 +87,7 @@ def _write_state(database_path: str, state: HostState) -> None:
     temp = f"{database_path}{STATE_SUFFIX}.{os.getpid()}.tmp"
     try:
         with open(temp, "w") as f:
-            json.dump(asdict(state), f)
+            f.write(json.dumps(asdict(state)))  # one write; json.dump writes piece by piece
         os.replace(temp, database_path + STATE_SUFFIX)
     except OSError as exc:
         log.warning("could not write %s%s: %s", database_path, STATE_SUFFIX, exc)
@@ -142,6 +142,10 @@ class _Doorbell:
             return
         self._listener = listener
         scheduler.get().listen(listener, lambda data: on_ring(b"s" in data))
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None
 
     def close(self) -> None:
         listener, self._listener = self._listener, None
@@ -241,6 +245,8 @@ class HostSession:
                                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fcntl.flock(self._members_fd, fcntl.LOCK_SH)
         self._role = None    # a Session (this process replicates) or a Member
+        self._members_rang = False  # when replicating: a member rang since it began
+        self._state_written = False
         self._state: Optional[HostState] = None  # what we publish, when we replicate
         self._stop = threading.Event()
         self._watcher: Optional[scheduler.Job] = None  # a member's tries of the host lock
@@ -281,9 +287,17 @@ class HostSession:
         replicator = session.replicator
         replicator.on_durable = self._publish
         self._state.ready = True
+        self._members_rang = False
         replicator.publish_durable()
-        self.doorbell.listen(lambda urgent: replicator.request_shipment() if urgent
-                             else replicator.notify())
+
+        def on_ring(urgent: bool) -> None:
+            self._members_rang = True  # from now on every shipment is published
+            if urgent:
+                replicator.request_shipment()
+            else:
+                replicator.notify()
+
+        self.doorbell.listen(on_ring)
         self._role = session
 
     def _publish(self, salts: Optional[tuple], frames: int, snapshot_at: float) -> None:
@@ -295,7 +309,13 @@ class HostSession:
         state.frames, state.snapshot_at = frames, snapshot_at
         fenced = self._role.replicator.fenced if isinstance(self._role, Session) else None
         state.fenced = str(fenced) if fenced else None
-        _write_state(self.path, state)
+        # Only members read the durable position, and a member rings before it waits for one:
+        # a process alone on its file (a tenant's, say) writes the file when it becomes
+        # ready, when fenced, and at every shipment only once some member has rung.
+        if (self._members_rang or state.fenced or not self._state_written
+                or not self.doorbell.listening):
+            _write_state(self.path, state)
+            self._state_written = True
 
     def _watch(self) -> Optional[float]:
         """A member's job (scheduler.py): take over replication as soon as the host lock is

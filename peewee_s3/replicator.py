@@ -189,10 +189,13 @@ class Replicator:
         if wait > 0 and not self._urgent and not self._postponed:
             self._postponed = True
             return wait
+        urgent = self._urgent
         self._woken = self._urgent = self._postponed = False
         try:
             with self._io:
                 self._tick()
+                if urgent:  # a member waits: tell it where we stand, shipped or not
+                    self.publish_durable()
             self.last_error = None
             if self._prune_due:
                 self.prune()

@@ -71,7 +71,7 @@ def write_sidecar(database_path: str, sidecar: Sidecar) -> None:
     path = sidecar_path(database_path)
     temp = path + ".tmp"
     with open(temp, "w") as f:
-        json.dump(asdict(sidecar), f)
+        f.write(json.dumps(asdict(sidecar)))  # one write; json.dump writes piece by piece
     os.replace(temp, path)
 
 

@@ -105,6 +105,21 @@ def run_four_and_kill_the_replicating_one(tmp_path, shared_kwargs, mode, workers
     assert all(w.finished for w in others)
 
 
+def stop_between_writes(first, member):
+    """SIGSTOP `first` at a moment it holds none of SQLite's locks: `member` still writes."""
+    for _ in range(10):
+        first.proc.send_signal(signal.SIGSTOP)
+        count = len(member.acknowledged)
+        deadline = time.monotonic() + 8
+        while len(member.acknowledged) < count + 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if len(member.acknowledged) >= count + 20:
+            return
+        first.proc.send_signal(signal.SIGCONT)       # stopped inside a transaction: again
+        time.sleep(0.3)
+    raise AssertionError(f"the member could not write while {first.proc.pid} was stopped")
+
+
 def test_a_member_leaving_ships_what_the_replicating_process_did_not(tmp_path):
     """The replicating process stops shipping (SIGSTOP) and then dies; a member that leaves
     meanwhile waits until its commits are durable, taking over to ship them itself — a
@@ -118,9 +133,7 @@ def test_a_member_leaving_ships_what_the_replicating_process_did_not(tmp_path):
         workers.append(member)
         member.wait_for(lambda: len(member.acknowledged) >= 20)
         assert member.role == "member"
-        first.proc.send_signal(signal.SIGSTOP)       # stuck: it holds the host lock, ships nothing
-        count = len(member.acknowledged)
-        member.wait_for(lambda: len(member.acknowledged) >= count + 20)
+        stop_between_writes(first, member)           # stuck: it holds the host lock, ships nothing
         (tmp_path / "stop").touch()
         time.sleep(1.0)
         assert not member.finished                   # it waits for its commits to be shipped
