@@ -108,7 +108,8 @@ def read_lease(storage: Storage, key: str) -> Optional[LeaseRecord]:
 class Lease:
     """This process's claim on one database's `lock.json`.
 
-    Not thread-safe by itself: the replicator thread is its only user once the session is open.
+    Not thread-safe by itself: the replicator (under its I/O lock) is its only user once the
+    session is open.
     """
 
     def __init__(self, storage: Storage, key: str, ttl: float, *, force: bool = False,
