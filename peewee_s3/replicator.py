@@ -373,10 +373,8 @@ class Replicator:
         now = time.time()
         seq = self.shipped.seq + 1
         segment = FrameSegment(self.shipped.generation, seq, self.lease.epoch,
-                               read.header.page_size, read.frame_bytes,
-                               tuple(b - a for a, b in zip([read.start_frame] + read.ends,
-                                                           read.ends)),
-                               tuple(read.times))
+                               read.header.page_size, tuple(read.chunks), read.start_frame,
+                               tuple(read.ends), tuple(read.times))
         data = segment.encode()
         key = self.layout.segment(self.shipped.generation, seq)
         # The fence fences (docs/FORMAT.md, "Fences"): a new holder creates the next key of

@@ -8,11 +8,14 @@ docs/FORMAT.md.
 """
 from __future__ import annotations
 
+import array
+import base64
+import binascii
 import hashlib
-import itertools
 import json
 import os
 import struct
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple, Optional
@@ -127,7 +130,7 @@ class Segment:
             if header["format"] == FRAMES_FORMAT:
                 return cls._from_frames(header, body, key)
             return cls._from_parts(header, body, key)
-        except (ValueError, KeyError, TypeError, zlib.error, struct.error) as exc:
+        except (ValueError, KeyError, TypeError, zlib.error, struct.error, binascii.Error) as exc:
             raise _corrupt(key, f"it cannot be decoded ({exc})") from None
 
     @classmethod
@@ -151,16 +154,18 @@ class Segment:
 
     @classmethod
     def _from_frames(cls, header: dict, body: bytes, key: str) -> "Segment":
-        page_size, counts, times = header["page_size"], header["frames"], header["times"]
+        page_size, first = header["page_size"], header["first_frame"]
+        ends = [end - first for end in _unpack(_U32, header["ends"])]
+        times = _unpack("d", header["times"])
         size = FRAME_HEADER.size + page_size
-        if len(body) != header["body_length"] or len(body) != sum(counts) * size \
-                or len(counts) != len(times) or not counts or min(counts) < 1:
+        if len(body) != header["body_length"] or not ends or len(ends) != len(times) \
+                or ends[-1] * size != len(body) \
+                or any(b <= a for a, b in zip([0] + ends, ends)):
             raise _corrupt(key, "its header does not describe its body")
         commit_frames = sum(1 for _, db_pages, *_ in frame_struct(page_size).iter_unpack(body)
                             if db_pages)
-        if commit_frames != len(counts):
+        if commit_frames != len(ends):
             raise _corrupt(key, "its header does not describe its commits")
-        ends = list(itertools.accumulate(counts))
         commits = []
         for time, commit in zip(times, parse_commits(body, page_size, ends)):
             if commit.db_pages == 0:
@@ -173,39 +178,71 @@ class Segment:
 @dataclass(frozen=True)
 class FrameSegment:
     """A segment as the replicator ships it: the frames of its commits verbatim from the WAL
-    (`frames`, whole frames only), how many frames each commit has, and the commit times."""
+    (`chunks`, concatenated: whole frames only, the first numbered `first_frame` + 1), the
+    number of each commit's commit frame (`ends`, counted as the first is) and the commit
+    times. Nothing here loops over commits or pages in Python: see `encode`."""
 
     generation: str
     seq: int
     epoch: int
     page_size: int
-    frames: bytes
-    counts: tuple
+    chunks: tuple
+    first_frame: int
+    ends: tuple
     times: tuple
+
+    @property
+    def frames(self) -> bytes:
+        return b"".join(self.chunks)
 
     @property
     def page_bytes(self) -> int:
         """Page bytes it carries (a page rewritten in it counts each time)."""
-        return len(self.frames) // (FRAME_HEADER.size + self.page_size) * self.page_size
+        length = sum(len(chunk) for chunk in self.chunks)
+        return length // (FRAME_HEADER.size + self.page_size) * self.page_size
 
     @property
     def commits(self) -> tuple:
         """Its commits as page records (parsed here: the merger and tests want them)."""
-        ends = list(itertools.accumulate(self.counts))
+        ends = [end - self.first_frame for end in self.ends]
         return tuple(CommitRecord(t, c.db_pages, c.pages) for t, c in
                      zip(self.times, parse_commits(self.frames, self.page_size, ends)))
 
     def encode(self) -> bytes:
-        """Format 2: as format 1, with the body the frames themselves and the header listing
-        each commit's frame count and time (its size is in its commit frame)."""
+        """Format 2: as format 1, with the body the frames themselves and the header holding
+        the commit frames' numbers and the commit times as packed arrays (each commit's size
+        is in its commit frame). The frames are compressed chunk by chunk, never joined."""
+        length = sum(len(chunk) for chunk in self.chunks)
         header = {
             "format": FRAMES_FORMAT, "generation": self.generation, "seq": self.seq,
-            "epoch": self.epoch, "page_size": self.page_size,
-            "body_length": len(self.frames), "frames": list(self.counts),
-            "times": list(self.times),
+            "epoch": self.epoch, "page_size": self.page_size, "body_length": length,
+            "first_frame": self.first_frame, "ends": _pack(_U32, self.ends),
+            "times": _pack("d", self.times),
         }
-        level = 1 if len(self.frames) >= FAST_BODY_BYTES else 6
-        return _seal(header, zlib.compress(self.frames, level))
+        compressor = zlib.compressobj(1 if length >= FAST_BODY_BYTES else 6)
+        body = b"".join([compressor.compress(chunk) for chunk in self.chunks]
+                        + [compressor.flush()])
+        return _seal(header, body)
+
+
+_U32 = next(code for code in "IL" if array.array(code).itemsize == 4)
+
+
+def _pack(typecode: str, values) -> str:
+    """`values` as a little-endian array (u32, or "d": float64), base64: no per-value work in
+    Python, and a few bytes each."""
+    packed = array.array(typecode, values)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode()
+
+
+def _unpack(typecode: str, text: str) -> list:
+    packed = array.array(typecode)
+    packed.frombytes(base64.b64decode(text, validate=True))
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tolist()
 
 
 def _seal(header: dict, body: bytes) -> bytes:

@@ -58,15 +58,15 @@ def wal_frames(tmp_path, rows):
         conn.execute("INSERT INTO t VALUES (?)", (f"row {i}" * 20,))
     read = read_commits(str(tmp_path / "w.db-wal"), start.position)
     conn.close()
-    counts = tuple(b - a for a, b in zip([read.start_frame] + read.ends, read.ends))
-    return read, counts
+    return read
 
 
 def test_a_segment_of_wal_frames_decodes_to_the_commits_read(tmp_path):
     from peewee_s3.segments import FrameSegment
-    read, counts = wal_frames(tmp_path, 30)
-    times = tuple(100.0 + i for i in range(len(counts)))
-    shipped = FrameSegment("gen", 3, 1, 512, read.frame_bytes, counts, times)
+    read = wal_frames(tmp_path, 30)
+    times = tuple(100.0 + i / 3 for i in range(len(read.ends)))
+    shipped = FrameSegment("gen", 3, 1, 512, tuple(read.chunks), read.start_frame,
+                           tuple(read.ends), times)
     decoded = Segment.decode(shipped.encode(), "k")
     assert decoded.commits == shipped.commits
     assert [c.time for c in decoded.commits] == list(times)
@@ -76,11 +76,13 @@ def test_a_segment_of_wal_frames_decodes_to_the_commits_read(tmp_path):
 
 def test_a_frames_segment_whose_header_lies_about_its_commits_is_corrupt(tmp_path):
     from peewee_s3.segments import FrameSegment
-    read, counts = wal_frames(tmp_path, 3)
-    # Two commits merged into one: the first no longer ends on a commit frame... and the
-    # frame count no longer matches the body.
-    for bad in ((counts[0] + counts[1],) + counts[2:], counts[:-1]):
+    read = wal_frames(tmp_path, 3)
+    ends = tuple(read.ends)
+    # Two commits made one (the first then does not end on a commit frame), one commit
+    # dropped (the frames no longer fill the body), and ends out of order.
+    for bad in (ends[1:], ends[:-1], (ends[1], ends[0]) + ends[2:]):
         times = tuple(float(i) for i in range(len(bad)))
-        data = FrameSegment("gen", 1, 1, 512, read.frame_bytes, bad, times).encode()
+        data = FrameSegment("gen", 1, 1, 512, tuple(read.chunks), read.start_frame, bad,
+                            times).encode()
         with pytest.raises(ReplicaCorruptError, match="segment k is corrupt"):
             Segment.decode(data, "k")
