@@ -35,7 +35,12 @@ _UNSET: Any = object()
 
 def _is_read(sql: str) -> bool:
     """Statements that cannot commit a change; anything else is treated as a write."""
-    return sql.startswith("SELECT") or sql.lstrip()[:6].upper() == "SELECT"
+    head = sql[:6]
+    if head == "SELECT":   # peewee's own statements, the usual case, cheaply
+        return True
+    if head == "INSERT" or head == "UPDATE" or head == "DELETE":
+        return False
+    return sql.lstrip()[:6].upper() == "SELECT"
 
 
 def local_path(database: str, uri: bool) -> str:

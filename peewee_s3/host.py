@@ -261,7 +261,7 @@ class HostSession:
                 return self
             state = read_state(self.path)
             if state is not None and state.ready and process_running(state.pid):
-                self._role = Member(self)
+                self._become(Member(self))
                 self._watcher = scheduler.run_every(f"member {self.path}", self._watch,
                                                     first=TAKEOVER_EVERY)
                 log.info("%s is replicated by process %d: this one writes as a member",
@@ -298,7 +298,7 @@ class HostSession:
                 replicator.notify()
 
         self.doorbell.listen(on_ring)
-        self._role = session
+        self._become(session)
 
     def _publish(self, salts: Optional[tuple], frames: int, snapshot_at: float) -> None:
         """Called by the replicator whenever more is durable (under its I/O lock)."""
@@ -336,6 +336,12 @@ class HostSession:
     @property
     def role(self):
         return self._role
+
+    def _become(self, role) -> None:
+        self._role = role
+        # Every write calls these two: bound straight to the role's, not through a method
+        # here that calls the role's (the class's methods below say what they are).
+        self.check_writable, self.committed = role.check_writable, role.committed
 
     def check_file(self) -> None:
         self._role.check_file()

@@ -55,6 +55,7 @@ class Session:
         self.lease, self.replicator = lease, replicator
         self.closed = False
         self.role = "replicator"
+        self.check_writable = replicator.check_writable  # every write: no call through here
 
     # -- what a database object asks of its session (the same of host.Member) ---------------
 
