@@ -22,7 +22,10 @@ log = logging.getLogger("peewee_s3")
 
 # Worker threads of the process's pool: how many jobs run at once, whatever the number of
 # databases. Read when the pool starts (the first database opens); PEEWEE_S3_WORKERS overrides.
-WORKERS = 8
+# Few, since every one competes with the app's threads for the GIL: 1,000 databases taking a
+# commit a second each (bench/tenants.py) got 824 commits/s through with 2 workers, 472 with
+# 4 and 288 with 8 (docs/BENCHMARKS.md). More only help where storages may hang apart.
+WORKERS = 2
 RETRY_AFTER_BUG = 5.0  # seconds before a job that raised something unexpected runs again
 
 
