@@ -226,7 +226,8 @@ class Member:
                 if state else None, "fenced": bool(state and state.fenced)}
 
     def shutdown(self, hand_over: bool = False) -> None:
-        self.host.doorbell.ring(urgent=False)
+        """Nothing left to do: HostSession._leave_as_member has seen this one's commits
+        durable (or handed them to the next process) before this is called."""
 
 
 class HostSession:

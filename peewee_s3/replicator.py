@@ -127,6 +127,7 @@ class Replicator:
         # processes on this file wait on (host.py).
         self.on_durable: Optional[Callable[[Optional[tuple], int, float], None]] = None
         self._urgent = False  # another process waits for a shipment: skip the interval
+        self._publications = 0  # times publish_durable ran
 
     def close_connections(self) -> None:
         self.local.close()
@@ -174,6 +175,7 @@ class Replicator:
         return min(self.options.sync_interval, self.options.renew_every)
 
     def publish_durable(self) -> None:
+        self._publications += 1
         if self.on_durable is not None:
             s = self.shipped
             self.on_durable(s.position.salts, s.position.frames, s.last_snapshot or 0.0)
@@ -193,9 +195,10 @@ class Replicator:
         self._woken = self._urgent = self._postponed = False
         try:
             with self._io:
+                published = self._publications
                 self._tick()
-                if urgent:  # a member waits: tell it where we stand, shipped or not
-                    self.publish_durable()
+                if urgent and self._publications == published:
+                    self.publish_durable()  # a member waits: where we stand, though unchanged
             self.last_error = None
             if self._prune_due:
                 self.prune()
