@@ -46,6 +46,7 @@ class Setup:
     label: str
     system: str  # "plain", "s3-async" or "s3-sync"
     storage: Optional[str] = None  # "file" or "seaweedfs"
+    replicator: str = "thread"  # peewee-s3's option: replication in the first writer, or a helper
 
 
 SETUPS = (
@@ -53,6 +54,9 @@ SETUPS = (
     Setup("async-file", "peewee-s3 async, file://", "s3-async", "file"),
     Setup("async-s3", "peewee-s3 async, SeaweedFS", "s3-async", "seaweedfs"),
     Setup("sync-s3", "peewee-s3 sync, SeaweedFS", "s3-sync", "seaweedfs"),
+    Setup("async-file-proc", "... async, file://, helper", "s3-async", "file", "process"),
+    Setup("async-s3-proc", "... async, SeaweedFS, helper", "s3-async", "seaweedfs", "process"),
+    Setup("sync-s3-proc", "... sync, SeaweedFS, helper", "s3-sync", "seaweedfs", "process"),
 )
 
 
@@ -61,6 +65,7 @@ class HostSettings:
     rounds: int = 3  # every (setup, processes) cell once a round, in a rotating order
     seconds: float = 3.5  # the measured window of a cell
     warm_up: int = 300  # commits each writer makes before the window (sync: a tenth)
+    only: tuple = ()  # the setups to run (their keys; plain SQLite always): () for all
 
     @classmethod
     def quick(cls) -> "HostSettings":
@@ -75,14 +80,16 @@ class PeeweeS3File(System):
 
     settle = PeeweeS3.settle
 
-    def __init__(self, path: str, store: str, *, sync_mode: str, **kwargs) -> None:
+    def __init__(self, path: str, store: str, *, sync_mode: str, replicator: str = "thread",
+                 **kwargs) -> None:
         from peewee_s3 import S3SqliteDatabase
 
         super().__init__(path, None, **kwargs)
         self.name, self.label = f"s3-{sync_mode}-file", f"peewee-s3 {sync_mode}, file://"
         self.db = S3SqliteDatabase(path, storage=f"file://{store}", database_name="db",
                                    sync_mode=sync_mode, sync_interval=self.interval,
-                                   pragmas=PRAGMAS, check_same_thread=False)
+                                   replicator=replicator, pragmas=PRAGMAS,
+                                   check_same_thread=False)
 
     def stop(self) -> None:
         super().stop()
@@ -94,10 +101,11 @@ def _writer_system(spec: dict) -> System:
         return Plain(spec["path"])
     mode = spec["system"].removeprefix("s3-")
     if spec["storage"] == "file":
-        return PeeweeS3File(spec["path"], spec["store"], sync_mode=mode)
+        return PeeweeS3File(spec["path"], spec["store"], sync_mode=mode,
+                            replicator=spec["replicator"])
     # PeeweeS3 reads only the bucket and the endpoint (the proxy's) of its target.
     return PeeweeS3(spec["path"], Target(None, spec["endpoint"], spec["bucket"]),
-                    sync_mode=mode)
+                    sync_mode=mode, replicator=spec["replicator"])
 
 
 def _say(**fields) -> None:
@@ -209,6 +217,7 @@ def run_cell(bench: Bench, setup: Setup, processes: int, settings: HostSettings)
         created.db.create_tables([Item])
     created.stop()
     spec = {"system": setup.system, "storage": setup.storage, "path": path,
+            "replicator": setup.replicator,
             "warm_up": settings.warm_up // (10 if setup.system == "s3-sync" else 1)}
     target = None
     if setup.storage == "file":
@@ -268,7 +277,8 @@ def run_cell(bench: Bench, setup: Setup, processes: int, settings: HostSettings)
 def run_round(bench: Bench, settings: HostSettings, round_: int) -> list:
     """Every cell once; the setups start at another one each round, so that none is always
     measured first (the machine is shared and its load drifts)."""
-    order = list(SETUPS[round_ % len(SETUPS):] + SETUPS[:round_ % len(SETUPS)])
+    setups = [s for s in SETUPS if s.key == "plain" or not settings.only or s.key in settings.only]
+    order = setups[round_ % len(setups):] + setups[:round_ % len(setups)]
     cells = []
     for processes in PROCESSES:
         for setup in order:
@@ -320,7 +330,7 @@ def _ratio(summary: dict, processes: int, setup: str, figure: str) -> Optional[f
     return mine / plain if mine is not None and plain else None
 
 
-GOALS = (
+THREAD_GOALS = (
     # (text, (processes, setup, figure), compared against plain?, test)
     ("async inserts/s, 1 process, file://", (1, "async-file", "rate"), True, ">= 0.95 x plain",
      lambda v: v >= 0.95),
@@ -330,13 +340,16 @@ GOALS = (
      lambda v: v <= 2),
     ("async commit p99, 1 process, SeaweedFS", (1, "async-s3", "p99_ms"), True, "<= 2 x plain",
      lambda v: v <= 2),
-    ("async inserts/s, 4 processes, file://", (4, "async-file", "rate"), True,
-     ">= 0.9 x plain", lambda v: v >= 0.9),
-    ("async inserts/s, 4 processes, SeaweedFS", (4, "async-s3", "rate"), True,
-     ">= 0.9 x plain", lambda v: v >= 0.9),
+    ("async inserts/s, 4 processes, file://", (4, "async-file", "rate"), True, ">= 0.9 x plain",
+     lambda v: v >= 0.9),
+    ("async inserts/s, 4 processes, SeaweedFS", (4, "async-s3", "rate"), True, ">= 0.9 x plain",
+     lambda v: v >= 0.9),
     ("sync requests per commit, 4 processes", (4, "sync-s3", "requests"), False,
      "well under 1 (<= 0.5)", lambda v: v <= 0.5),
 )
+# The same goals with replication in a helper process (replicator="process").
+GOALS = THREAD_GOALS + tuple((f"{text}, helper", (processes, f"{setup}-proc", figure), *rest)
+                             for text, (processes, setup, figure), *rest in THREAD_GOALS)
 
 
 def _spread(found: Optional[tuple], fmt: str) -> str:
@@ -374,12 +387,12 @@ def table(summary: dict) -> str:
         lines.append((f"{processes:>5}  {labels[setup]:<27}" + "".join(
             f"  {text(summary, processes, setup, figures):>{width}}"
             for _, width, text in COLUMNS)).rstrip())
-    lines += ["", f"{'goal':<42} {'target':<22} {'measured':>9}  verdict"]
+    lines += ["", f"{'goal':<48} {'target':<22} {'measured':>9}  verdict"]
     for text, (processes, setup, figure), relative, target, test in GOALS:
         value = (_ratio if relative else _median)(summary, processes, setup, figure)
         verdict = "n/a" if value is None else ("met" if test(value) else "MISSED")
         shown = "" if value is None else f"{value:.2f}" + (" x" if relative else "")
-        lines.append(f"{text:<42} {target:<22} {shown:>9}  {verdict}")
+        lines.append(f"{text:<48} {target:<22} {shown:>9}  {verdict}")
     return "\n".join(lines)
 
 
@@ -425,6 +438,8 @@ def arguments(argv) -> argparse.Namespace:
                    help="the measured window of a cell (default 3.5; --quick: 2)")
     p.add_argument("--plot", metavar="PNG", help="draw inserts/s, p99 and requests per commit")
     p.add_argument("--workdir", help="where to make the (removed) work directory")
+    p.add_argument("--only", metavar="KEYS", help="comma-separated setups to run besides plain "
+                   f"SQLite ({', '.join(s.key for s in SETUPS if s.key != 'plain')})")
     return p.parse_args(argv)
 
 
@@ -433,7 +448,8 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = HostSettings.quick() if args.quick else HostSettings()
     settings = HostSettings(rounds=args.rounds or settings.rounds,
-                            seconds=args.seconds or settings.seconds, warm_up=settings.warm_up)
+                            seconds=args.seconds or settings.seconds, warm_up=settings.warm_up,
+                            only=tuple(args.only.split(",")) if args.only else ())
     version, began, load_before = library_version(), time.monotonic(), _load()
 
     def log(message: str) -> None:

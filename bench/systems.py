@@ -82,7 +82,7 @@ class Plain(System):
 class PeeweeS3(System):
     """peewee-s3 as a user would configure it for an S3-compatible server."""
 
-    def __init__(self, path, target, *, sync_mode: str, **kwargs):
+    def __init__(self, path, target, *, sync_mode: str, replicator: str = "thread", **kwargs):
         from peewee_s3 import S3SqliteDatabase
 
         super().__init__(path, target, **kwargs)
@@ -96,7 +96,7 @@ class PeeweeS3(System):
             endpoint_url=target.endpoint, force_path_style=True, region=REGION,
             credentials={"access_key_id": KEY, "secret_access_key": SECRET},
             sync_mode=sync_mode, sync_interval=self.interval, pragmas=PRAGMAS,
-            check_same_thread=False, **extra)
+            replicator=replicator, check_same_thread=False, **extra)
         self._probed = ("", 0)  # the generation and segment the last probe waited for
 
     def settle(self, timeout: float = 30.0) -> None:

@@ -20,6 +20,7 @@ from .envelope import KEY_SIZE, Keyring
 from .errors import ConfigurationError
 
 SYNC_MODES = ("async", "sync")
+REPLICATORS = ("thread", "process")  # where replication runs: docs/HOSTS.md
 # The options that say where a database is stored (and how loudly to log): what a reader of
 # the storage — a replica, the CLI, restore() — takes. Every other option is the writer's.
 STORAGE_OPTIONS = ("storage", "database_name", "storage_root", "key_prefix", "region",
@@ -59,6 +60,7 @@ class Options:
     retention_age: Optional[float] = 86400.0
     unsafe_storage: bool = False
     download_streams: Optional[int] = None
+    replicator: str = "thread"
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -69,6 +71,11 @@ class Options:
             raise ConfigurationError(
                 f"sync_mode={self.sync_mode!r} is not known: use 'async' (shipped in the "
                 "background) or 'sync' (a commit returns once it is durable)")
+        if self.replicator not in REPLICATORS:
+            raise ConfigurationError(
+                f"replicator={self.replicator!r} is not known: use 'thread' (replication runs in "
+                "the first process to open the file) or 'process' (in a helper process of its "
+                "own, beside the app's processes)")
         for name in ("sync_interval", "snapshot_interval", "lock_ttl"):
             _check_positive(name, getattr(self, name))
         if (isinstance(self.lock_wait, bool) or not isinstance(self.lock_wait, (int, float))

@@ -128,7 +128,8 @@ class S3SqliteDatabase(SqliteDatabase):
             lock_ttl: float = _UNSET, lock_wait: float = _UNSET, force_lock: bool = _UNSET,
             checkpoint_frames: int = _UNSET, retention_generations: int = _UNSET,
             retention_age: Optional[float] = _UNSET, unsafe_storage: bool = _UNSET,
-            download_streams: Optional[int] = _UNSET, verbose: bool = _UNSET,
+            download_streams: Optional[int] = _UNSET, replicator: str = _UNSET,
+            verbose: bool = _UNSET,
             **kwargs: Any) -> None:
         """The options of `peewee_s3.config.Options` (README, Options), spelt out for editors;
         the defaults are Options'. Anything else goes to peewee's SqliteDatabase."""

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-from . import files, scheduler
+from . import files, helper, scheduler
 from .config import Options
 from .errors import (ConfigurationError, LeaseHeldError, LeaseLostError, LocalStateError,
                      PeeweeS3Error, SessionClosedError, StorageError)
@@ -43,7 +43,10 @@ TAKEOVER_EVERY = 0.2     # seconds between a member's tries of the host lock
 READY_WAIT = 60.0        # seconds a new process waits for the replicating one to be ready
 DURABLE_WAIT = 120.0     # seconds a member's sync commit waits for the replicator at most
 LEAVE_WAIT = 10.0        # seconds a leaving member waits for its last commits to be shipped
+HELPER_EXIT_WAIT = 60.0  # seconds the last process out waits for the helper's end of session
 DONE_KEPT = 64           # WAL cycles the state remembers as wholly durable
+# What a member's ring asks of the replicating process (one datagram, one byte)
+SOON, URGENT, SNAPSHOT = b"a", b"s", b"g"  # ship at the interval / ship now / new generation
 
 
 @dataclass
@@ -60,6 +63,7 @@ class HostState:
     done: list = field(default_factory=list)
     snapshot_at: float = 0.0
     fenced: Optional[str] = None
+    generation: Optional[str] = None  # the current generation's id
 
     def covers(self, salts: Optional[tuple], frame: int, committed_at: float) -> bool:
         if not self.ready:
@@ -125,14 +129,21 @@ class _Doorbell:
         self._listener: Optional[socket.socket] = None
 
     def ring(self, urgent: bool) -> None:
+        self._send(URGENT if urgent else SOON)
+
+    def ask_snapshot(self) -> None:
+        self._send(SNAPSHOT)
+
+    def _send(self, what: bytes) -> None:
         try:
-            self._sender.sendto(b"s" if urgent else b"a", self.address)
+            self._sender.sendto(what, self.address)
         except OSError:
             pass  # nobody listens (yet), or its queue is full: it ships at its interval anyway
 
-    def listen(self, on_ring: Callable[[bool], None]) -> None:
-        """Call `on_ring(urgent)` for each ring, from the scheduler's one thread that waits on
-        every doorbell of the process (scheduler.py): it must not block."""
+    def listen(self, on_ring: Callable[[bytes], None]) -> None:
+        """Call `on_ring(what)` for each ring (SOON, URGENT, SNAPSHOT), from the scheduler's one
+        thread that waits on every doorbell of the process (scheduler.py): it must not
+        block."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             listener.bind(self.address)
@@ -141,7 +152,7 @@ class _Doorbell:
             log.debug("no doorbell for members (%s): they wait for sync_interval", exc)
             return
         self._listener = listener
-        scheduler.get().listen(listener, lambda data: on_ring(b"s" in data))
+        scheduler.get().listen(listener, on_ring)
 
     @property
     def listening(self) -> bool:
@@ -207,7 +218,26 @@ class Member:
         self.host.wait_durable()
 
     def snapshot(self) -> str:
-        raise self._not_here("db.snapshot()")
+        """Ask the replicating process for a new generation; return its id once stored (a
+        generation whose snapshot was taken after this call)."""
+        asked_at = time.time()
+        deadline, asked = time.monotonic() + DURABLE_WAIT, float("-inf")
+        while True:
+            state = read_state(self.host.path)
+            if state is not None and state.fenced:
+                raise LeaseLostError(state.fenced)
+            if state is not None and state.ready and state.snapshot_at >= asked_at \
+                    and state.generation:
+                return state.generation
+            now = time.monotonic()
+            if now > deadline:
+                raise StorageError(
+                    f"the process replicating {self.host.path} stored no new generation within "
+                    f"{DURABLE_WAIT:.0f} s of db.snapshot(): check its status() and log")
+            if now - asked > 0.5:
+                self.host.doorbell.ask_snapshot()
+                asked = now
+            time.sleep(0.01)
 
     def prune(self) -> list:
         raise self._not_here("db.prune()")
@@ -234,23 +264,28 @@ class HostSession:
     """This process's part in replicating one file: its replicator, or a member."""
 
     def __init__(self, path: str, options: Options,
-                 prepare: Optional[Callable[[sqlite3.Connection], None]] = None) -> None:
+                 prepare: Optional[Callable[[sqlite3.Connection], None]] = None, *,
+                 lock_fd: Optional[int] = None, member: bool = True) -> None:
+        """`lock_fd`, `member=False`: the replication helper's (helper.py) — the host lock
+        handed to it, and no share of the members lock (it has the file open for nobody)."""
         self.path, self.options, self.prepare = path, options, prepare
         self.users = 0       # database objects of this process using it (join_session)
         self.closed = False
         self.doorbell = _Doorbell(path)
         self._created = [suffix for suffix in (LOCK_SUFFIX, MEMBERS_SUFFIX)
                          if not os.path.exists(path + suffix)]
-        self._lock_fd = os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._lock_fd = lock_fd if lock_fd is not None else _open_lock_file(path)
         self._members_fd = os.open(path + MEMBERS_SUFFIX,
                                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        fcntl.flock(self._members_fd, fcntl.LOCK_SH)
+        if member:
+            fcntl.flock(self._members_fd, fcntl.LOCK_SH)
         self._role = None    # a Session (this process replicates) or a Member
         self._members_rang = False  # when replicating: a member rang since it began
         self._state_written = False
         self._state: Optional[HostState] = None  # what we publish, when we replicate
         self._stop = threading.Event()
         self._watcher: Optional[scheduler.Job] = None  # a member's tries of the host lock
+        self._helper = None  # the helper process this one started (replicator="process")
 
     # -- opening -------------------------------------------------------------------------
 
@@ -258,8 +293,10 @@ class HostSession:
         deadline = time.monotonic() + self.options.lock_wait + READY_WAIT
         while True:
             if self._take_host_lock():
-                self._replicate()
-                return self
+                if self.options.replicator != "process":
+                    self._replicate()
+                    return self
+                self._hand_to_helper()
             state = read_state(self.path)
             if state is not None and state.ready and process_running(state.pid):
                 self._become(Member(self))
@@ -278,6 +315,25 @@ class HostSession:
     def _take_host_lock(self) -> bool:
         return _lock_exclusively(self._lock_fd)
 
+    def _hand_to_helper(self) -> None:
+        """replicator="process": the host lock just taken goes to a new helper process, which
+        replicates (helper.py); this process stays a member. Raises what its opening raised."""
+        if self._helper is not None:
+            self._helper.poll()  # reap one that died
+        try:
+            self._helper = helper.start(self.path, self.options, self._lock_fd)
+        except BaseException:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)  # the helper is gone: the lock is ours
+            raise
+        # The helper holds the lock through the open file description both share: this
+        # process tries it through a description of its own from now on.
+        shared, self._lock_fd = self._lock_fd, _open_lock_file(self.path)
+        os.close(shared)
+
+    def replicate(self) -> None:
+        """The helper's start: the host lock is held; open the replica session."""
+        self._replicate()
+
     def _replicate(self) -> None:
         self._state = HostState(os.getpid(), secrets.token_hex(8))
         try:
@@ -291,9 +347,11 @@ class HostSession:
         self._members_rang = False
         replicator.publish_durable()
 
-        def on_ring(urgent: bool) -> None:
+        def on_ring(what: bytes) -> None:
             self._members_rang = True  # from now on every shipment is published
-            if urgent:
+            if SNAPSHOT in what:
+                replicator.request_snapshot()
+            elif URGENT in what:
                 replicator.request_shipment()
             else:
                 replicator.notify()
@@ -301,13 +359,14 @@ class HostSession:
         self.doorbell.listen(on_ring)
         self._become(session)
 
-    def _publish(self, salts: Optional[tuple], frames: int, snapshot_at: float) -> None:
+    def _publish(self, salts: Optional[tuple], frames: int, snapshot_at: float,
+                 generation: Optional[str] = None) -> None:
         """Called by the replicator whenever more is durable (under its I/O lock)."""
         state = self._state
         if state.salts is not None and list(salts or ()) != state.salts:
             state.done = (state.done + [state.salts])[-DONE_KEPT:]
         state.salts = list(salts) if salts else None
-        state.frames, state.snapshot_at = frames, snapshot_at
+        state.frames, state.snapshot_at, state.generation = frames, snapshot_at, generation
         fenced = self._role.replicator.fenced if isinstance(self._role, Session) else None
         state.fenced = str(fenced) if fenced else None
         # Only members read the durable position, and a member rings before it waits for one:
@@ -324,6 +383,11 @@ class HostSession:
         if self._stop.is_set() or not self._take_host_lock():
             return None if self._stop.is_set() else TAKEOVER_EVERY
         try:
+            if self.options.replicator == "process":
+                self._hand_to_helper()
+                log.warning("the process replicating %s is gone: process %d replicates it now",
+                            self.path, self._helper.pid)
+                return TAKEOVER_EVERY
             self._replicate()
         except (PeeweeS3Error, OSError, sqlite3.Error) as exc:
             log.error("could not take over replicating %s, will retry: %s", self.path, exc)
@@ -420,7 +484,13 @@ class HostSession:
                     self._close()
             return
         role.shutdown()
+        last = self.options.replicator == "process" and self._alone()
         self._close()
+        if last and not helper.wait_until_gone(self.path, LOCK_SUFFIX, HELPER_EXIT_WAIT,
+                                               self._helper):
+            log.warning("the replication helper of %s has not ended its session within %.0f s "
+                        "of the last process leaving: it goes on shipping and then releases "
+                        "the lease", self.path, HELPER_EXIT_WAIT)
 
     def _leave_as_member(self) -> bool:
         """A member leaves once what it committed is durable: shipped by the replicating
@@ -464,6 +534,11 @@ class HostSession:
             log.warning("closed the session of %s: %s", self.path, exc)
         if not self.closed:
             self._close()
+
+    def alone(self) -> bool:
+        """The helper's question: has no process the file open any more? (Once True, nobody
+        opens it until this session is closed: the members lock is held exclusively.)"""
+        return self._alone()
 
     def _alone(self) -> bool:
         """Whether no other process has the file open (they hold the members lock shared)."""
@@ -537,6 +612,12 @@ def leave_session(host: HostSession) -> None:
             key = os.path.realpath(host.path)
             if host.closed and _shared.get(key) is host:
                 del _shared[key]
+
+
+def _open_lock_file(path: str) -> int:
+    """A descriptor of the host lock file (not a SQLite file: closing it drops none of SQLite's
+    locks)."""
+    return os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
 
 def _check_directory(path: str) -> None:

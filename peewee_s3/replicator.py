@@ -125,8 +125,10 @@ class Replicator:
         self.local = LocalFile(path, self.clock)
         # Told (salts, frames, last snapshot time) whenever more is durable: what other
         # processes on this file wait on (host.py).
-        self.on_durable: Optional[Callable[[Optional[tuple], int, float], None]] = None
+        # (salts, frames, snapshot_at, generation) each time more is durable (host.py)
+        self.on_durable: Optional[Callable[[Optional[tuple], int, float, str], None]] = None
         self._urgent = False  # another process waits for a shipment: skip the interval
+        self._snapshot_asked = False  # another process's db.snapshot() waits for a generation
         self._publications = 0  # times publish_durable ran
 
     def close_connections(self) -> None:
@@ -162,6 +164,12 @@ class Replicator:
         self._urgent = True
         self._wake(0.0)
 
+    def request_snapshot(self) -> None:
+        """Another process's db.snapshot() waits: start a new generation at the next tick,
+        which runs now."""
+        self._snapshot_asked = True
+        self.request_shipment()
+
     def _wake(self, delay: float) -> None:
         job = self._job
         if job is not None:
@@ -178,7 +186,8 @@ class Replicator:
         self._publications += 1
         if self.on_durable is not None:
             s = self.shipped
-            self.on_durable(s.position.salts, s.position.frames, s.last_snapshot or 0.0)
+            self.on_durable(s.position.salts, s.position.frames, s.last_snapshot or 0.0,
+                            s.generation)
 
     def _run(self) -> Optional[float]:
         """One run of the job: a tick, unless the last shipment was less than sync_interval
@@ -215,7 +224,10 @@ class Replicator:
         if time.monotonic() - self._last_renewal >= self.options.renew_every:
             self.renew()
         changed = self._wal_changed()
-        if self._snapshot_due() and (changed or self.shipped.seq > 0):
+        if self._snapshot_asked:
+            self._snapshot_asked = False
+            self.start_generation()
+        elif self._snapshot_due() and (changed or self.shipped.seq > 0):
             self.start_generation()
         elif changed:
             self.ship()

@@ -26,7 +26,8 @@ from typing import Optional
 
 import pytest
 
-from peewee_s3 import restore
+from peewee_s3 import helper, restore
+from peewee_s3.host import LOCK_SUFFIX
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APP = os.path.join(HERE, "neighbour_app.py")
@@ -442,6 +443,20 @@ def test_the_sqlite3_shell_next_to_the_app_loses_nothing(tmp_path, storage, sqli
 @pytest.mark.parametrize("mode,backend", modes_and_backends(None))
 def test_a_neighbours_journal_mode_change_loses_nothing(tmp_path, storage, mode):
     acknowledged = run_with_neighbours(tmp_path, storage, mode, [["journal-mode"]])
+    assert_restore_keeps(acknowledged, restore_rows(tmp_path, storage))
+
+
+@pytest.mark.parametrize("mode,backend", modes_and_backends("sync"))
+def test_a_helper_process_replicating_beside_readers_writers_and_checkpoints_loses_nothing(
+        tmp_path, storage, mode):
+    """replicator="process": the app writes as a member, the helper reads the WAL and
+    checkpoints, and the neighbours read, write and TRUNCATE-checkpoint the file meanwhile."""
+    acknowledged = run_with_neighbours(
+        tmp_path, storage, mode, [["readers"], ["writer"], ["checkpoint", "TRUNCATE"]],
+        options={"replicator": "process"})
+    path = str(tmp_path / "app.db")
+    assert helper.wait_until_gone(path, LOCK_SUFFIX, 30, None), \
+        "the helper did not leave after the app was SIGKILLed"
     assert_restore_keeps(acknowledged, restore_rows(tmp_path, storage))
 
 
