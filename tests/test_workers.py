@@ -22,7 +22,7 @@ import pytest
 from peewee_s3 import restore
 from peewee_s3.host import read_state
 from peewee_s3.layout import Layout
-from peewee_s3.lease import read_lease
+from peewee_s3.lease import process_running, read_lease
 from peewee_s3.storage import open_storage
 
 from .conftest import _free_ports
@@ -85,11 +85,12 @@ class Load:
             thread.join()
 
 
-def example_env(tmp_path, shared_kwargs):
+def example_env(tmp_path, shared_kwargs, replicator="thread"):
     """The environment an example reads: its data directory and storage, S3 settings as a
-    user would give them, and this tree's peewee_s3 on the path."""
+    user would give them, where replication runs, and this tree's peewee_s3 on the path."""
     env = dict(os.environ, PEEWEE_S3_DATA_DIR=str(tmp_path), PEEWEE_S3_STORAGE=shared_kwargs[
-        "storage"], PYTHONPATH=os.path.abspath(os.path.join(EXAMPLES, os.pardir)))
+        "storage"], PYTHONPATH=os.path.abspath(os.path.join(EXAMPLES, os.pardir)),
+        PEEWEE_S3_REPLICATOR=replicator)
     if "endpoint_url" in shared_kwargs:
         credentials = shared_kwargs["credentials"]
         env.update(PEEWEE_S3_ENDPOINT_URL=shared_kwargs["endpoint_url"],
@@ -108,30 +109,37 @@ class Killing:
     after: list            # ... and those it started after it
     noticed: bool          # whether the server logged the death
     silence: float         # seconds, the longest that no write was acknowledged after the kill
+    helper: bool = False   # replicator="process": the killed and the next are helpers
 
     def report(self, server):
+        if self.helper:
+            print(f"{server}: the helper {self.killed} SIGKILLed; the helper {self.took_over}, "
+                  f"started by a worker, replicated afterwards; no write was acknowledged for "
+                  f"at most {self.silence:.2f} s")
+            return
         seen = "the server logged its death" if self.noticed else "the server did not log it"
         started = f"started {self.after}" if self.after else "started no worker that logged"
         by = "a worker started before the kill" if self.took_over in self.before else \
             "a worker started after it"
-        print(f"{server}: replicating worker {self.killed} SIGKILLed; {seen} and {started} "
+        print(f"{server}: replicating process {self.killed} SIGKILLed; {seen} and {started} "
               f"before it stopped; {by} ({self.took_over}) took over replication; no write was "
               f"acknowledged for at most {self.silence:.2f} s")
 
 
 def kill_the_replicating_worker_under_load(tmp_path, shared_kwargs, argv, started_worker,
-                                           died):
+                                           died, replicator="thread"):
     """Serve an example (`argv`, with "{port}" for the port it listens on) while 4 clients
     post todos; once 100 are acknowledged, SIGKILL the replicating worker; once 100 more are,
     stop the server with SIGTERM. Then the lease is released, and a restore passes
     integrity_check and holds every acknowledged todo. `started_worker`: a regular expression
     that finds a worker's pid in the server's log; `died`, one that finds the death of the
-    worker whose pid it is formatted with."""
+    worker whose pid it is formatted with. With `replicator="process"` the replicating process
+    is the helper, not a worker: it is what is killed, and a worker starts the next one."""
     port = _free_ports(1)[0]
     database = str(tmp_path / "todo.db")
     with open(tmp_path / "server.log", "w") as log:
         server = subprocess.Popen([arg.format(port=port) for arg in argv],
-                                  env=example_env(tmp_path, shared_kwargs),
+                                  env=example_env(tmp_path, shared_kwargs, replicator),
                                   stdout=subprocess.DEVNULL, stderr=log)
     load = None
     try:
@@ -168,6 +176,10 @@ def kill_the_replicating_worker_under_load(tmp_path, shared_kwargs, argv, starte
         conn.close()
     assert set(load.acknowledged) <= stored
     after = started_workers(tmp_path, started_worker)[len(before):]
+    if replicator == "process":  # helpers, never workers
+        assert killed not in before and took_over not in before + after
+        assert not process_running(took_over)  # gone after the last worker
+        return Killing(killed, took_over, before, after, False, silence, helper=True)
     assert killed in before and took_over in before + after
     noticed = re.search(died.format(pid=killed), (tmp_path / "server.log").read_text())
     return Killing(killed, took_over, before, after, bool(noticed), silence)
@@ -187,6 +199,30 @@ def test_gunicorn_with_four_workers_loses_nothing_when_the_replicating_one_is_ki
          os.path.join(EXAMPLES, "flask_app"), "app:app"],
         started_worker=r"Booting worker with pid: (\d+)\n",
         died=r"Worker \(pid:{pid}\) was sent SIGKILL").report("gunicorn -w 4")
+
+
+@pytest.mark.skipif(GUNICORN is None, reason="gunicorn is not installed (the test extra has it)")
+@pytest.mark.parametrize("shared_kwargs", UVICORN_BACKENDS, indirect=True)
+def test_gunicorn_with_four_workers_and_a_helper_loses_nothing_when_the_helper_is_killed(
+        tmp_path, shared_kwargs):
+    kill_the_replicating_worker_under_load(
+        tmp_path, shared_kwargs,
+        [GUNICORN, "-w", "4", "-b", "127.0.0.1:{port}", "--chdir",
+         os.path.join(EXAMPLES, "flask_app"), "app:app"],
+        started_worker=r"Booting worker with pid: (\d+)\n", died="", replicator="process",
+    ).report("gunicorn -w 4, replicator='process'")
+
+
+@pytest.mark.skipif(UVICORN is None, reason="uvicorn is not installed (the test extra has it)")
+@pytest.mark.parametrize("shared_kwargs", UVICORN_BACKENDS, indirect=True)
+def test_uvicorn_with_four_workers_and_a_helper_loses_nothing_when_the_helper_is_killed(
+        tmp_path, shared_kwargs):
+    kill_the_replicating_worker_under_load(
+        tmp_path, shared_kwargs,
+        [UVICORN, "--workers", "4", "--host", "127.0.0.1", "--port", "{port}", "--app-dir",
+         os.path.join(EXAMPLES, "fastapi_app"), "--no-access-log", "app:app"],
+        started_worker=r"Started server process \[(\d+)\]", died="", replicator="process",
+    ).report("uvicorn --workers 4 app:app, replicator='process'")
 
 
 @pytest.mark.skipif(UVICORN is None, reason="uvicorn is not installed (the test extra has it)")

@@ -29,6 +29,8 @@ STORAGE = dict(storage=os.environ.get("PEEWEE_S3_STORAGE") or f"file://{DATA_DIR
                database_name="todo")
 if os.environ.get("PEEWEE_S3_ENDPOINT_URL"):  # an S3-compatible server: path-style addressing
     STORAGE.update(endpoint_url=os.environ["PEEWEE_S3_ENDPOINT_URL"], force_path_style=True)
+# "process": replication in a helper process beside the workers, not in the first of them.
+STORAGE["replicator"] = os.environ.get("PEEWEE_S3_REPLICATOR", "thread")
 
 # sync: an awaited write resumes once it is durable in the storage, so an acknowledged todo is
 # never lost; while it waits, the event loop serves the other requests.
