@@ -76,6 +76,11 @@ class Options:
                 f"replicator={self.replicator!r} is not known: use 'thread' (replication runs in "
                 "the first process to open the file) or 'process' (in a helper process of its "
                 "own, beside the app's processes)")
+        if self.replicator == "process" and _in_memory(self.storage):
+            raise ConfigurationError(
+                "replicator='process' with an in-memory storage: memory:// lives inside one "
+                "process, so the helper's would not be the app's. Use a file:// or S3 storage, "
+                "or replicator='thread'")
         for name in ("sync_interval", "snapshot_interval", "lock_ttl"):
             _check_positive(name, getattr(self, name))
         if (isinstance(self.lock_wait, bool) or not isinstance(self.lock_wait, (int, float))
@@ -175,6 +180,13 @@ def _check_storage(storage: Any, storage_root: Optional[str]) -> None:
     elif not hasattr(storage, "protocol"):
         raise ConfigurationError(
             f"storage must be an fsspec URL or an fsspec filesystem, not {type(storage).__name__}")
+
+
+def _in_memory(storage: Any) -> bool:
+    protocol = storage.split("://", 1)[0] if isinstance(storage, str) else \
+        getattr(storage, "protocol", None)
+    protocols = protocol if isinstance(protocol, (tuple, list)) else (protocol,)
+    return "memory" in protocols
 
 
 def _check_name(name: Any) -> None:

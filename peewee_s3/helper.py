@@ -37,8 +37,10 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def start(path: str, options: Options, lock_fd: int) -> subprocess.Popen:
     """Start the helper for `path`, handing it the locked `lock_fd`; return once it replicates
     (its session is open, the state file says ready), or raise what its opening raised."""
-    payload = {"path": path, "lock_fd": lock_fd, "sys_path": sys.path,
-               "options": {f.name: getattr(options, f.name) for f in fields(Options)}}
+    # The options are pickled on their own, to be read once the app's sys.path is the
+    # helper's too: a storage given as an fsspec filesystem may be a class of the app's.
+    options_pickle = pickle.dumps({f.name: getattr(options, f.name) for f in fields(Options)})
+    payload = {"path": path, "lock_fd": lock_fd, "sys_path": sys.path, "options": options_pickle}
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
@@ -108,7 +110,7 @@ def _detach_stdout() -> None:
 def _open(payload: dict, answer):
     from .host import HostSession  # host.py imports this module
     try:
-        options = Options(**payload["options"])
+        options = Options(**pickle.loads(payload["options"]))
         if options.verbose:
             log_verbosely()
         else:

@@ -11,7 +11,7 @@ import peewee
 import pytest
 
 from peewee_s3 import S3SqliteDatabase, restore
-from peewee_s3.errors import LeaseHeldError
+from peewee_s3.errors import ConfigurationError, LeaseHeldError
 from peewee_s3.host import read_state
 from peewee_s3.lease import process_running
 from tests.test_host import Worker, restored_tags
@@ -192,3 +192,12 @@ def test_db_snapshot_in_the_app_asks_the_helper_for_a_new_generation(tmp_path):
     db.close()
     db.shutdown()
     assert "before the snapshot" in restored_tags(tmp_path, storage)
+
+
+def test_an_in_memory_storage_is_refused_for_a_helper(tmp_path):
+    with pytest.raises(ConfigurationError, match="memory"):
+        S3SqliteDatabase(str(tmp_path / "app.db"), storage="memory://x", database_name="hosts",
+                         replicator="process")
+    with pytest.raises(ConfigurationError, match="replicator='fork' is not known"):
+        S3SqliteDatabase(str(tmp_path / "app.db"), storage=f"file://{tmp_path}/store",
+                         database_name="hosts", replicator="fork")
