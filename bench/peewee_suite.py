@@ -139,6 +139,7 @@ class Factory:
         self.built: list = []          # every database object the helpers built, kept alive
         self.files: dict = {}          # abs path -> {"database_name", "objects", "classes"}
         self.memory = 0                # in-memory helper databases built plain
+        self.replicator = "thread"     # S3SqliteDatabase's option (--replicator)
         self._composed: dict = {}
 
     def name_for(self, path: str) -> str:
@@ -182,7 +183,8 @@ class Factory:
         else:
             db = original(engine, name, db_class=cls,
                           **dict(params, storage=self.storage_url,
-                                 database_name=entry["database_name"]))
+                                 database_name=entry["database_name"],
+                                 replicator=self.replicator))
             db._suite_kind = "file"
         entry["objects"] += 1
         entry["classes"].append(type(db).__name__)
@@ -485,6 +487,7 @@ def run(args) -> int:
 
     logging.getLogger("peewee_s3").addHandler(_LogToTracker(level=logging.WARNING))
     factory = Factory(args.mode, os.path.join(workdir, "storage"), args.subclasses)
+    factory.replicator = args.replicator
     sys.meta_path.insert(0, _BaseFinder(factory))
     install_use_hooks()
     recoveries: list = []
@@ -679,6 +682,8 @@ def main(argv=None) -> int:
     p.add_argument("--mode", choices=("plain", "s3"), default="s3")
     p.add_argument("--workdir", help="work directory (default: a new temporary one)")
     p.add_argument("--subclasses", choices=("compose", "plain"), default="compose")
+    p.add_argument("--replicator", choices=("thread", "process"), default="thread",
+                   help="S3SqliteDatabase's replicator option (s3 mode)")
     p.add_argument("--json", help="write the per-test results here")
     p.add_argument("--recover", action="store_true",
                    help="s3 mode: after a test, shut down the sessions of files deleted or "

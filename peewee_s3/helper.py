@@ -26,7 +26,7 @@ from typing import Optional
 
 from . import errors
 from .config import Options, log_verbosely
-from .errors import PeeweeS3Error
+from .errors import LocalStateError, PeeweeS3Error
 
 log = logging.getLogger("peewee_s3")
 
@@ -129,8 +129,15 @@ def _open(payload: dict, answer):
 
 def serve(host, every: float = ALONE_EVERY) -> None:
     """Replicate (the scheduler's threads do) until no process has the file open, then end the
-    session as the last process out does: ship, release the lease."""
+    session as the last process out does: ship, release the lease. A file deleted or replaced
+    under it ends the session at once (nothing written to the new file is this session's)."""
     while not host.closed and not host.alone():
+        try:
+            host.check_file()
+        except LocalStateError as exc:  # the members see it at their next write, and leave
+            log.error("%s", exc)
+            host.close_broken()
+            return
         time.sleep(every)
     if not host.closed:
         host.shutdown()

@@ -496,7 +496,10 @@ class HostSession:
         """A member leaves once what it committed is durable: shipped by the replicating
         process, or — if none is left (it may have handed over to this one, seeing it still
         here) — by this one, which then replicates. True if it took over. (Before, a member
-        just left: its last commits could stay only in the local file.)"""
+        just left: its last commits could stay only in the local file.) A member whose file
+        was deleted or replaced leaves at once: what it wrote to the old one ships nowhere."""
+        if file_identity(self.path) != self._role.identity:
+            return False
         committed_at = time.time()
         salts, frame = wal_end(self.path)
         deadline = time.monotonic() + LEAVE_WAIT

@@ -11,7 +11,7 @@ import peewee
 import pytest
 
 from peewee_s3 import S3SqliteDatabase, restore
-from peewee_s3.errors import ConfigurationError, LeaseHeldError
+from peewee_s3.errors import ConfigurationError, LeaseHeldError, LocalStateError
 from peewee_s3.host import read_state
 from peewee_s3.lease import process_running
 from tests.test_host import Worker, restored_tags
@@ -201,3 +201,30 @@ def test_an_in_memory_storage_is_refused_for_a_helper(tmp_path):
     with pytest.raises(ConfigurationError, match="replicator='fork' is not known"):
         S3SqliteDatabase(str(tmp_path / "app.db"), storage=f"file://{tmp_path}/store",
                          database_name="hosts", replicator="fork")
+
+
+def test_a_file_replaced_under_the_helper_ends_its_session_and_the_next_open_starts_anew(
+        tmp_path, caplog):
+    storage = {"storage": f"file://{tmp_path}/store"}
+    path = tmp_path / "app.db"
+    db, Row = _database(path, storage, sync_mode="sync")
+    db.connect()
+    db.create_tables([Row])
+    Row.create(tag="first file")
+    helper = db.status()["replicator_pid"]
+    db.close()
+    for suffix in ("", "-wal", "-shm"):   # what peewee's own tests do between two tests
+        if os.path.exists(f"{path}{suffix}"):
+            os.unlink(f"{path}{suffix}")
+    assert _gone(helper, timeout=10)     # it saw the file go and ended its session
+    with pytest.raises(LocalStateError):
+        db.connect()                      # the session of the deleted file is over …
+    db.shutdown()
+    # … and it left at once: it neither waited for a shipment that cannot come nor took
+    # over to ship its commits to the deleted file (which restored a file the user removed)
+    assert "before the replicating process shipped" not in caplog.text
+    assert not path.exists()
+    db.connect()                          # … and a new one restores the file from storage
+    assert [r.tag for r in Row.select()] == ["first file"]
+    db.close()
+    db.shutdown()
