@@ -16,31 +16,34 @@ from typing import BinaryIO, Iterator, Optional
 
 _PROC_FDS = "/proc/self/fd"
 
-# path -> (descriptor, (st_dev, st_ino)) of the file last seen there; descriptors of files
-# since replaced or removed wait in _retired. Both guarded by _lock.
+# (path, writable) -> (descriptor, (st_dev, st_ino)) of the file last seen there; descriptors
+# of files since replaced or removed wait in _retired. Both guarded by _lock.
 _held: dict = {}
 _retired: list = []
 _lock = threading.Lock()
 
 
-def descriptor(path: str) -> Optional[int]:
-    """The kept read-only descriptor of the file now at `path`, or None if there is none."""
+def descriptor(path: str, writable: bool = False) -> Optional[int]:
+    """The kept descriptor of the file now at `path` (read-only, or with `writable` read-write:
+    a replica's local copy), or None if there is none."""
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     identity = (st.st_dev, st.st_ino)
+    key = (path, writable)
     with _lock:
-        held = _held.get(path)
+        held = _held.get(key)
         if held and held[1] == identity:
             return held[0]
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY)
+                         | getattr(os, "O_CLOEXEC", 0))
         except (FileNotFoundError, NotADirectoryError):
             return None
         if held:
             _retired.append(held)
-        _held[path] = (fd, _identity(fd))
+        _held[key] = (fd, _identity(fd))
         return fd
 
 
@@ -66,9 +69,10 @@ def release(database_path: str) -> None:
     """Close the kept descriptors of a database's files that no other descriptor of this
     process shares a file with (so no SQLite connection of ours can hold a lock there).
     The others stay, to be tried again at the next release."""
-    paths = {database_path + suffix for suffix in ("", "-wal", "-shm")}
+    keys = {(database_path + suffix, writable) for suffix in ("", "-wal", "-shm")
+            for writable in (False, True)}
     with _lock:
-        candidates = [_held.pop(p) for p in paths if p in _held]
+        candidates = [_held.pop(k) for k in keys if k in _held]
         candidates += _retired
         _retired.clear()
         open_elsewhere = _identities_in_use({fd for fd, _ in candidates})

@@ -51,7 +51,7 @@ from urllib.parse import quote
 
 from peewee import OperationalError, SqliteDatabase
 
-from . import scheduler
+from . import files, scheduler
 from .config import STORAGE_OPTIONS, Options, log_verbosely
 from .errors import ConfigurationError, ObjectNotFoundError, PeeweeS3Error, ReplicaCorruptError
 from .fence import Fence, lineage_end
@@ -104,7 +104,10 @@ class LocalCopy:
         """Put a restored file where the local copy goes, before any reader has opened it."""
         remove_database_files(self.path)
         os.rename(restored, self.path)
-        self._file = open(self.path, "r+b", buffering=0)
+        # Through files.py: closing a descriptor of the copy would drop the locks that this
+        # process's readers of it hold (a new follower could then write under them).
+        self._file = os.fdopen(files.descriptor(self.path, writable=True), "r+b", buffering=0,
+                               closefd=False)
         header = os.pread(self._file.fileno(), 100, 0)
         (self._counter,) = _U32.unpack_from(header, 24)
         (self._cookie,) = _U32.unpack_from(header, 40)
@@ -139,7 +142,8 @@ class LocalCopy:
         if self._conn is not None:
             self._conn.close()  # also releases a lock kept because the copy is damaged
         if self._file is not None:
-            self._file.close()
+            self._file.close()  # the object only: files.py keeps the descriptor …
+            files.release(self.path)  # … until no connection of this process has the copy open
         self._lock_file.close()
 
     @contextlib.contextmanager

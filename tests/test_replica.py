@@ -353,6 +353,42 @@ def test_shutdown_stops_following_and_connect_starts_again(tmp_path, file_storag
     db.shutdown()
 
 
+def test_shutdown_leaves_the_locks_of_readers_still_reading_the_copy(tmp_path, file_storage):
+    """A thread still reads the copy when the replica shuts down: the read lock its connection
+    holds must stay (closing any descriptor of the file drops the process's locks on it, and
+    a replica process started next could then rewrite pages under that read)."""
+    db = make_db(tmp_path / "w.db", file_storage, sync_mode="sync")
+    db.create_tables([Note])
+    Note.create(body="stored")
+    replica = make_replica(tmp_path / "r.db", file_storage)
+    replica.connect()
+    reader = sqlite3.connect(str(tmp_path / "r.db"), isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM note").fetchone()[0] == 1  # holds SHARED
+    replica.shutdown()
+    other = multiprocessing.get_context("spawn").Pool(1)
+    try:
+        took = other.apply(_try_exclusive, (str(tmp_path / "r.db"),))
+    finally:
+        other.terminate()
+    assert took is False, "another process took the copy's EXCLUSIVE lock under a reader"
+    reader.execute("COMMIT")
+    reader.close()
+    db.shutdown()
+
+
+def _try_exclusive(path):
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        conn.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+
+
 def test_a_replica_of_nothing_says_where_it_looked(tmp_path, file_storage):
     replica = make_replica(tmp_path / "r.db", file_storage, database_name="nothing-here")
     with pytest.raises(NothingToRestoreError, match="nothing-here"):
