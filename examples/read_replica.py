@@ -57,11 +57,12 @@ def write(workdir, ready, done):
     print(f"writer:    wrote {written} rows, the last one #{n}", flush=True)
 
 
-def follow(name, workdir, done):
+def follow(name, workdir, ready, done):
     db = S3SqliteReplica(os.path.join(workdir, f"{name}.db"), poll_interval=POLL_INTERVAL,
                          **storage_options(workdir))
     Event.bind(db)
     db.connect()
+    ready.release()  # restored and following: the demo's time starts once both are
     staleness, next_report = [], time.monotonic() + 1
     while not done.is_set():
         newest = Event.select().order_by(Event.n.desc()).first()
@@ -85,10 +86,11 @@ def main():
     workdir = tempfile.mkdtemp(prefix="peewee-s3-read-replica-")
     spawn = multiprocessing.get_context("spawn")
     ready, done = spawn.Event(), spawn.Event()
+    following = spawn.Semaphore(0)  # released by each replica once it follows
     print(f"storage: {storage_options(workdir)['storage']}; writing every {WRITE_EVERY} s, "
           f"replicas poll every {POLL_INTERVAL} s, for {SECONDS:.0f} s")
     writer = spawn.Process(target=write, args=(workdir, ready, done), name="writer")
-    replicas = [spawn.Process(target=follow, args=(f"replica-{i}", workdir, done),
+    replicas = [spawn.Process(target=follow, args=(f"replica-{i}", workdir, following, done),
                               name=f"replica-{i}") for i in (1, 2)]
     writer.start()
     try:
@@ -96,6 +98,9 @@ def main():
             raise SystemExit("the writer did not start within 60 s")
         for process in replicas:
             process.start()
+        for process in replicas:  # a replica's start (an interpreter, a restore) is not its time
+            if not following.acquire(timeout=60):
+                raise SystemExit("a replica did not start following within 60 s")
         time.sleep(SECONDS)
     finally:
         done.set()
