@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import socket
 import sqlite3
 import threading
@@ -47,6 +48,8 @@ HELPER_EXIT_WAIT = 60.0  # seconds the last process out waits for the helper's e
 DONE_KEPT = 64           # WAL cycles the state remembers as wholly durable
 # What a member's ring asks of the replicating process (one datagram, one byte)
 SOON, URGENT, SNAPSHOT = b"a", b"s", b"g"  # ship at the interval / ship now / new generation
+PUBLISHED = b"p"  # the answer to an URGENT or SNAPSHOT ring: the state file was just written
+REANSWER_AFTER = 0.005  # seconds: a member answered too early rings again at most this often
 
 
 @dataclass
@@ -119,14 +122,22 @@ def wal_end(database_path: str) -> tuple:
 class _Doorbell:
     """A datagram socket named after the file (Linux's abstract namespace: no file, gone with
     its process): members ring it, the replicating process listens. Elsewhere it is silent and
-    the replicator ships at its sync_interval."""
+    the replicator ships at its sync_interval. A member's ring comes from a socket of its own
+    (an address the kernel picks), so that the replicating process can answer the members that
+    wait (PUBLISHED) as soon as it has written the state file: they need not poll it."""
 
     def __init__(self, database_path: str) -> None:
         digest = hashlib.sha256(os.path.realpath(database_path).encode()).hexdigest()[:32]
         self.address = b"\0peewee-s3-" + digest.encode()
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)
+        try:
+            self._sender.bind(b"")  # Linux: an abstract address of its own, to be answered at
+            self._answerable = True
+        except OSError:
+            self._answerable = False
         self._listener: Optional[socket.socket] = None
+        self._waiting: set = set()  # (listening) the members to answer at the next publication
 
     def ring(self, urgent: bool) -> None:
         self._send(URGENT if urgent else SOON)
@@ -140,10 +151,23 @@ class _Doorbell:
         except OSError:
             pass  # nobody listens (yet), or its queue is full: it ships at its interval anyway
 
+    def wait_for_answer(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds, less if the replicating process answers (True)."""
+        if not self._answerable:
+            time.sleep(timeout)
+            return False
+        if not select.select([self._sender], [], [], timeout)[0]:
+            return False
+        while True:
+            try:
+                self._sender.recv(16)
+            except (BlockingIOError, OSError):
+                return True
+
     def listen(self, on_ring: Callable[[bytes], None]) -> None:
         """Call `on_ring(what)` for each ring (SOON, URGENT, SNAPSHOT), from the scheduler's one
         thread that waits on every doorbell of the process (scheduler.py): it must not
-        block."""
+        block. The senders of URGENT and SNAPSHOT rings are answered by `answer_waiting`."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             listener.bind(self.address)
@@ -152,7 +176,22 @@ class _Doorbell:
             log.debug("no doorbell for members (%s): they wait for sync_interval", exc)
             return
         self._listener = listener
-        scheduler.get().listen(listener, on_ring)
+
+        def on_data(what: bytes, sender) -> None:
+            if sender and (URGENT in what or SNAPSHOT in what):
+                self._waiting.add(sender)
+            on_ring(what)
+
+        scheduler.get().listen(listener, on_data)
+
+    def answer_waiting(self) -> None:
+        """The state file was just written: wake the members waiting for it."""
+        listener, waiting, self._waiting = self._listener, self._waiting, set()
+        for address in waiting if listener is not None else ():
+            try:
+                listener.sendto(PUBLISHED, address)
+            except OSError:
+                pass  # gone, or its queue is full: it reads the state at its next poll
 
     @property
     def listening(self) -> bool:
@@ -237,7 +276,7 @@ class Member:
             if now - asked > 0.5:
                 self.host.doorbell.ask_snapshot()
                 asked = now
-            time.sleep(0.01)
+            self.host.doorbell.wait_for_answer(0.01)
 
     def prune(self) -> list:
         raise self._not_here("db.prune()")
@@ -376,6 +415,7 @@ class HostSession:
                 or not self.doorbell.listening):
             _write_state(self.path, state)
             self._state_written = True
+            self.doorbell.answer_waiting()
 
     def _watch(self) -> Optional[float]:
         """A member's job (scheduler.py): take over replication as soon as the host lock is
@@ -436,7 +476,7 @@ class HostSession:
         salts, frame = wal_end(self.path)
         self.doorbell.ring(urgent=True)
         deadline, rung = time.monotonic() + DURABLE_WAIT, time.monotonic()
-        pause = 0.0005
+        pause, answered = 0.0005, False
         while True:
             state = read_state(self.path)
             if state is not None and state.covers(salts, frame, committed_at):
@@ -453,10 +493,12 @@ class HostSession:
                     f"no process shipped the commit to {self.path} within {DURABLE_WAIT:.0f} "
                     "s: the commit stands in the local file. Check the replicating process "
                     "(its status() and log)")
-            if now - rung > 0.5:
+            # Answered by a publication that did not cover it yet (one under way when it rang):
+            # ring again, to be answered by the next one too.
+            if (answered and now - rung > REANSWER_AFTER) or now - rung > 0.5:
                 self.doorbell.ring(urgent=True)
                 rung = now
-            time.sleep(pause)
+            answered = self.doorbell.wait_for_answer(pause)
             pause = min(pause * 2, 0.01)
 
     # -- closing -------------------------------------------------------------------------
@@ -525,7 +567,7 @@ class HostSession:
             if time.monotonic() - rung > 0.5:
                 self.doorbell.ring(urgent=True)
                 rung = time.monotonic()
-            time.sleep(pause)
+            self.doorbell.wait_for_answer(pause)
             pause = min(pause * 2, 0.01)
 
     def close_broken(self) -> None:

@@ -16,7 +16,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 log = logging.getLogger("peewee_s3")
 
@@ -100,9 +100,10 @@ class Scheduler:
 
     # -- sockets ---------------------------------------------------------------------------
 
-    def listen(self, sock: socket.socket, on_data: Callable[[bytes], None]) -> None:
-        """Call `on_data` (in the timer thread: it must not block) with each datagram that
-        arrives on `sock`, a non-blocking datagram socket, until `unlisten`."""
+    def listen(self, sock: socket.socket, on_data: Callable[[bytes, Any], None]) -> None:
+        """Call `on_data(data, sender's address)` (in the timer thread: it must not block)
+        with each datagram that arrives on `sock`, a non-blocking datagram socket, until
+        `unlisten`."""
         self._start()
         sock.setblocking(False)
         self._selector.register(sock, selectors.EVENT_READ, on_data)
@@ -160,9 +161,9 @@ class Scheduler:
                 if key.data is None:
                     _drain(key.fileobj)
                     continue
-                for data in _drain(key.fileobj):
+                for data, sender in _drain(key.fileobj):
                     try:
-                        key.data(data)
+                        key.data(data, sender)
                     except Exception:  # a listener's bug must not stop every database
                         log.exception("a doorbell listener of peewee-s3 failed")
 
@@ -202,11 +203,12 @@ class Scheduler:
 
 
 def _drain(sock: socket.socket) -> list:
-    """Every datagram waiting on `sock` (a closed socket has none)."""
+    """Every datagram waiting on `sock`, with its sender's address (a closed socket has
+    none)."""
     data = []
     while True:
         try:
-            data.append(sock.recv(64))
+            data.append(sock.recvfrom(64))
         except (BlockingIOError, OSError):
             return data
 

@@ -121,10 +121,13 @@ def test_datagrams_reach_their_listener_until_it_stops_listening(make_scheduler)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(b"\0peewee-s3-test-scheduler-%d" % id(listener))
     sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    heard = []
-    scheduler.listen(listener, heard.append)
+    sender.bind(b"")  # an address of its own (Linux), which the listener is told
+    heard, addresses = [], []
+    scheduler.listen(listener, lambda data, address: (heard.append(data),
+                                                      addresses.append(address)))
     sender.sendto(b"s", listener.getsockname())
     wait_for(lambda: heard == [b"s"])
+    assert addresses == [sender.getsockname()]
     scheduler.unlisten(listener)
     sender.sendto(b"a", listener.getsockname())
     time.sleep(0.1)
