@@ -34,6 +34,11 @@ class Tenants:
             raise ConfigurationError(
                 "Tenants names each database after its tenant: drop database_name (use "
                 "key_prefix to keep the tenants apart from other databases in the storage)")
+        if options.get("replicator", "thread") != "thread":
+            raise ConfigurationError(
+                "Tenants replicate every database on this process's scheduler (a few threads "
+                "for all of them); replicator='process' would start a helper process per "
+                "tenant database: drop it")
         self.directory = os.path.abspath(directory)
         if not os.path.isdir(self.directory):
             what = "is a file" if os.path.exists(self.directory) else "does not exist"

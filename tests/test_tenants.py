@@ -65,6 +65,11 @@ def test_two_hundred_tenants_replicate_on_a_bounded_number_of_threads(tmp_path):
         assert rows_of(target) == [f"{name} first", f"{name} second"]
 
 
+def test_tenants_refuse_a_helper_process_per_database(tmp_path):
+    with pytest.raises(ConfigurationError, match="helper process per tenant"):
+        Tenants(str(tmp_path), storage=f"file://{tmp_path}/store", replicator="process")
+
+
 def test_sync_mode_tenants_are_durable_when_the_write_returns(tmp_path):
     (tmp_path / "local").mkdir()
     storage = f"file://{tmp_path}/store"
