@@ -11,7 +11,7 @@ import peewee
 import pytest
 
 from peewee_s3 import S3SqliteDatabase, restore
-from peewee_s3.errors import ConfigurationError, LeaseHeldError, LocalStateError
+from peewee_s3.errors import ConfigurationError, LeaseHeldError, LocalStateError, PeeweeS3Error
 from peewee_s3.host import read_state
 from peewee_s3.lease import process_running
 from tests.test_host import Worker, restored_tags
@@ -228,3 +228,18 @@ def test_a_file_replaced_under_the_helper_ends_its_session_and_the_next_open_sta
     assert [r.tag for r in Row.select()] == ["first file"]
     db.close()
     db.shutdown()
+
+
+def test_a_helper_that_cannot_start_is_reported_and_gives_the_lock_back(tmp_path, monkeypatch):
+    storage = {"storage": f"file://{tmp_path}/store"}
+    db, Row = _database(tmp_path / "app.db", storage)
+    monkeypatch.setattr("sys.executable", "/bin/false")   # a Python that cannot run it
+    with pytest.raises(PeeweeS3Error, match="exited with code 1 before it was ready"):
+        db.connect()
+    monkeypatch.undo()
+    db.connect()                                          # the host lock was given back
+    db.create_tables([Row])
+    Row.create(tag="after")
+    db.close()
+    db.shutdown()
+    assert "after" in restored_tags(tmp_path, storage)
