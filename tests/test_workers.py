@@ -190,39 +190,29 @@ def started_workers(tmp_path, started_worker):
     return [int(pid) for pid in re.findall(started_worker, (tmp_path / "server.log").read_text())]
 
 
+def gunicorn_server() -> dict:
+    """`gunicorn -w 4` serving the Flask example, and how its log names a worker's start and
+    death."""
+    return dict(argv=[GUNICORN, "-w", "4", "-b", "127.0.0.1:{port}", "--chdir",
+                      os.path.join(EXAMPLES, "flask_app"), "app:app"],
+                started_worker=r"Booting worker with pid: (\d+)\n",
+                died=r"Worker \(pid:{pid}\) was sent SIGKILL")
+
+
+def uvicorn_server(app: str) -> dict:
+    """`uvicorn --workers 4` serving a FastAPI example, and its log's words for the same."""
+    return dict(argv=[UVICORN, "--workers", "4", "--host", "127.0.0.1", "--port", "{port}",
+                      "--app-dir", os.path.join(EXAMPLES, "fastapi_app"), "--no-access-log",
+                      app],
+                started_worker=r"Started server process \[(\d+)\]",
+                died=r"Child process \[{pid}\] died")
+
+
 @pytest.mark.skipif(GUNICORN is None, reason="gunicorn is not installed (the test extra has it)")
 def test_gunicorn_with_four_workers_loses_nothing_when_the_replicating_one_is_killed(
         tmp_path, shared_kwargs):
-    kill_the_replicating_worker_under_load(
-        tmp_path, shared_kwargs,
-        [GUNICORN, "-w", "4", "-b", "127.0.0.1:{port}", "--chdir",
-         os.path.join(EXAMPLES, "flask_app"), "app:app"],
-        started_worker=r"Booting worker with pid: (\d+)\n",
-        died=r"Worker \(pid:{pid}\) was sent SIGKILL").report("gunicorn -w 4")
-
-
-@pytest.mark.skipif(GUNICORN is None, reason="gunicorn is not installed (the test extra has it)")
-@pytest.mark.parametrize("shared_kwargs", UVICORN_BACKENDS, indirect=True)
-def test_gunicorn_with_four_workers_and_a_helper_loses_nothing_when_the_helper_is_killed(
-        tmp_path, shared_kwargs):
-    kill_the_replicating_worker_under_load(
-        tmp_path, shared_kwargs,
-        [GUNICORN, "-w", "4", "-b", "127.0.0.1:{port}", "--chdir",
-         os.path.join(EXAMPLES, "flask_app"), "app:app"],
-        started_worker=r"Booting worker with pid: (\d+)\n", died="", replicator="process",
-    ).report("gunicorn -w 4, replicator='process'")
-
-
-@pytest.mark.skipif(UVICORN is None, reason="uvicorn is not installed (the test extra has it)")
-@pytest.mark.parametrize("shared_kwargs", UVICORN_BACKENDS, indirect=True)
-def test_uvicorn_with_four_workers_and_a_helper_loses_nothing_when_the_helper_is_killed(
-        tmp_path, shared_kwargs):
-    kill_the_replicating_worker_under_load(
-        tmp_path, shared_kwargs,
-        [UVICORN, "--workers", "4", "--host", "127.0.0.1", "--port", "{port}", "--app-dir",
-         os.path.join(EXAMPLES, "fastapi_app"), "--no-access-log", "app:app"],
-        started_worker=r"Started server process \[(\d+)\]", died="", replicator="process",
-    ).report("uvicorn --workers 4 app:app, replicator='process'")
+    kill_the_replicating_worker_under_load(tmp_path, shared_kwargs, **gunicorn_server()
+                                           ).report("gunicorn -w 4")
 
 
 @pytest.mark.skipif(UVICORN is None, reason="uvicorn is not installed (the test extra has it)")
@@ -232,9 +222,17 @@ def test_uvicorn_with_four_workers_loses_nothing_when_the_replicating_one_is_kil
         tmp_path, shared_kwargs, app):
     # uvicorn's supervisor (0.30 and later) starts a new worker in place of a dead one; the
     # test holds either way, and reports which it saw.
-    kill_the_replicating_worker_under_load(
-        tmp_path, shared_kwargs,
-        [UVICORN, "--workers", "4", "--host", "127.0.0.1", "--port", "{port}", "--app-dir",
-         os.path.join(EXAMPLES, "fastapi_app"), "--no-access-log", app],
-        started_worker=r"Started server process \[(\d+)\]",
-        died=r"Child process \[{pid}\] died").report(f"uvicorn --workers 4 {app}")
+    kill_the_replicating_worker_under_load(tmp_path, shared_kwargs, **uvicorn_server(app)
+                                           ).report(f"uvicorn --workers 4 {app}")
+
+
+@pytest.mark.parametrize("shared_kwargs", UVICORN_BACKENDS, indirect=True)
+@pytest.mark.parametrize("server", [
+    pytest.param("gunicorn", marks=pytest.mark.skipif(GUNICORN is None, reason="no gunicorn")),
+    pytest.param("uvicorn", marks=pytest.mark.skipif(UVICORN is None, reason="no uvicorn"))])
+def test_four_workers_and_a_helper_lose_nothing_when_the_helper_is_killed(
+        tmp_path, shared_kwargs, server):
+    spec = gunicorn_server() if server == "gunicorn" else uvicorn_server("app:app")
+    kill_the_replicating_worker_under_load(tmp_path, shared_kwargs, **spec,
+                                           replicator="process"
+                                           ).report(f"{server}, replicator='process'")
