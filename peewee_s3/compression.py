@@ -42,11 +42,11 @@ class CompressingReader(io.RawIOBase):
         super().__init__()
         self._source, self._chunk_size, self._progress = source, chunk_size, progress
         self._compressor = zstandard.ZstdCompressor(level=LEVEL, write_content_size=True)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="peewee-s3-compress")
-        self._next: Future = self._pool.submit(self._compress_next)
         self._chunk, self._offset = memoryview(b""), 0
         self.lengths: list = []
         self.sha256, self.size = hashlib.sha256(), 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="peewee-s3-compress")
+        self._next: Optional[Future] = self._pool.submit(self._compress_next)
 
     def readable(self) -> bool:
         return True

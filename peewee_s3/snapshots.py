@@ -158,7 +158,8 @@ def upload_snapshot(storage: Storage, layout: Layout, generation: str, path: str
     at or after it may start from this generation. `before_meta` runs between the two uploads
     (the writer checks its lease there: a long upload may outlive it). `progress` counts the
     database's bytes."""
-    with open(path, "rb") as f, compression.CompressingReader(f, progress=progress) as chunks:
+    with open(path, "rb") as f, compression.CompressingReader(
+            f, compression.CHUNK_SIZE, progress) as chunks:
         # The generation id is new and random: a plain upload, which a retry may repeat.
         storage.upload(layout.snapshot(generation), chunks)
     if before_meta:
