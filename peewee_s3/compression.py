@@ -20,10 +20,11 @@ import zstandard
 from .errors import LocalWriteError, PeeweeS3Error, ReplicaCorruptError
 
 CODEC = "zstd"
-CHUNK_SIZE = 4 << 20  # database bytes per compressed chunk
+CHUNK_SIZE = 1 << 20  # database bytes per compressed chunk
 LEVEL = 1  # on the bench's pages, level 3 stores 1 % less at half the speed
 INFLATE_THREADS = 2  # zstd releases the GIL: chunks decompress on both cores
 CHUNKS_AHEAD = INFLATE_THREADS + 1  # chunks received but not yet written: memory stays flat
+WRITE_PIECE = 256 << 10  # decompressed bytes written to the file at a time
 
 _local = threading.local()  # one decompression context per thread (they are not shared)
 
@@ -102,8 +103,10 @@ class DecompressingSink:
         self._fd, self._key, self._size, self._chunk_size = fd, key, size, chunk_size
         self._lengths = deque(lengths)
         self._progress = progress
-        self._pending = bytearray()
+        self._chunk: Optional[bytearray] = None  # the chunk being received, at its full length
+        self._filled = 0
         self._index = 0
+        self._stored_before = 0  # the stored length of the chunks handed to the workers
         self._received = 0
         self._sha256 = hashlib.sha256()
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="peewee-s3-hash")  # in order
@@ -111,26 +114,34 @@ class DecompressingSink:
         self._ahead: deque = deque()  # (hashed, written) futures of the chunks in flight
 
     def write(self, data) -> int:
-        self._pending += data
-        self._received += len(data)
+        view = memoryview(data).cast("B")
+        self._received += len(view)
         if self._progress:
-            self._progress(len(data))
-        while self._lengths and len(self._pending) >= self._lengths[0]:
-            length = self._lengths.popleft()
-            chunk = bytes(self._pending[:length])
-            del self._pending[:length]
-            self._submit(chunk)
+            self._progress(len(view))
+        while view:
+            if self._chunk is None:
+                if not self._lengths:
+                    break  # more than the meta lists: `finish` says so
+                self._chunk, self._filled = bytearray(self._lengths.popleft()), 0
+            count = min(len(view), len(self._chunk) - self._filled)
+            self._chunk[self._filled:self._filled + count] = view[:count]
+            self._filled += count
+            view = view[count:]
+            if self._filled == len(self._chunk):
+                self._submit(self._chunk)
+                self._chunk = None
         return len(data)
 
     def finish(self) -> str:
         """Wait for every chunk; raise ReplicaCorruptError unless the object held exactly the
         chunks its meta lists. Returns the hex SHA-256 of the stored bytes."""
         self._drain()
-        if self._lengths or self._pending:
+        listed = self._index + len(self._lengths) + (self._chunk is not None)
+        expected = self._expected_stored()
+        if self._lengths or self._chunk is not None or self._received != expected:
             raise ReplicaCorruptError(
                 f"snapshot {self._key} is corrupt: {self._received} bytes stored, its meta "
-                f"lists {self._received - len(self._pending) + sum(self._lengths)} in "
-                f"{self._index + len(self._lengths)} chunks. Restore another generation "
+                f"lists {expected} in {listed} chunks. Restore another generation "
                 "(peewee-s3 generations)")
         return self._sha256.hexdigest()
 
@@ -139,7 +150,11 @@ class DecompressingSink:
         self._hasher.shutdown(wait=True, cancel_futures=True)
         self._workers.shutdown(wait=True, cancel_futures=True)
 
-    def _submit(self, chunk: bytes) -> None:
+    def _expected_stored(self) -> int:
+        return self._stored_before + sum(self._lengths) + (len(self._chunk) if self._chunk else 0)
+
+    def _submit(self, chunk: bytearray) -> None:
+        self._stored_before += len(chunk)
         while len(self._ahead) >= CHUNKS_AHEAD or (self._ahead and _done(self._ahead[0])):
             self._wait_oldest()
         index, self._index = self._index, self._index + 1
@@ -163,21 +178,23 @@ class DecompressingSink:
             raise LocalWriteError(f"writing the downloaded snapshot locally failed: "
                                   f"{error}") from error
 
-    def _inflate(self, index: int, chunk: bytes, offset: int, expected: int) -> None:
+    def _inflate(self, index: int, chunk: bytearray, offset: int, expected: int) -> None:
+        """Decompress one chunk and write it at `offset`, a piece at a time (memory: a piece)."""
+        written = 0
         try:
             # The frame says its size; checked first, so a damaged one allocates nothing big.
             declared = zstandard.frame_content_size(chunk)
             if declared != expected:
                 raise self._corrupt(index, f"its frame says {declared} bytes, not {expected}")
-            data = _decompressor().decompress(chunk)
+            for piece in _decompressor().read_to_iter(chunk, write_size=WRITE_PIECE):
+                if written + len(piece) > expected:
+                    raise self._corrupt(index, f"it decompresses to more than {expected} bytes")
+                _pwrite_all(self._fd, piece, offset + written)
+                written += len(piece)
         except zstandard.ZstdError as error:
             raise self._corrupt(index, f"it does not decompress ({error})") from None
-        if len(data) != expected:
-            raise self._corrupt(index, f"it decompresses to {len(data)} bytes, not {expected}")
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self._fd, view, offset)
-            view, offset = view[written:], offset + written
+        if written != expected:
+            raise self._corrupt(index, f"it decompresses to {written} bytes, not {expected}")
 
     def _corrupt(self, index: int, why: str) -> ReplicaCorruptError:
         return ReplicaCorruptError(
@@ -188,6 +205,13 @@ class DecompressingSink:
 def chunk_count(size: int, chunk_size: int) -> int:
     """How many chunks a database of `size` bytes is cut into."""
     return -(-size // chunk_size)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        count = os.pwrite(fd, view, offset)
+        view, offset = view[count:], offset + count
 
 
 def _done(futures: tuple) -> bool:
