@@ -22,7 +22,7 @@ from .errors import LocalWriteError, PeeweeS3Error, ReplicaCorruptError
 from .layout import Layout
 from .storage import Storage
 
-RAW_FORMAT = 1  # snapshot.db holds the database's bytes (written before 0.3)
+RAW_FORMAT = 1  # snapshot.db holds the database's bytes (what earlier versions wrote)
 FORMAT = 2      # snapshot.db holds the database in chunks compressed one by one
 READABLE = (RAW_FORMAT, FORMAT)
 _CHUNKED = ("compression", "chunk_size", "chunks")  # the fields format 2 adds
