@@ -421,6 +421,7 @@ def _plain_download(bench: Bench, target: Target, into: str, database: str) -> f
     client = s3_client(target.endpoint)
     key = f"{PREFIX}/plain-download.db"
     client.upload_file(database, target.bucket, key)
+    bench.server.wait_idle()
     return _timed_get(client, target.bucket, key, into)
 
 
