@@ -44,6 +44,7 @@ class CompressingReader(io.RawIOBase):
         self._source, self._chunk_size, self._progress = source, chunk_size, progress
         self._compressor = zstandard.ZstdCompressor(level=LEVEL, write_content_size=True)
         self._chunk, self._offset = memoryview(b""), 0
+        self._raw = bytearray(chunk_size)  # read into again for every chunk
         self.lengths: list = []
         self.sha256, self.size = hashlib.sha256(), 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="peewee-s3-compress")
@@ -79,13 +80,14 @@ class CompressingReader(io.RawIOBase):
         return True
 
     def _compress_next(self) -> Optional[bytes]:
-        data = self._source.read(self._chunk_size)
-        if not data:
+        count = _read_full(self._source, self._raw)
+        if not count:
             return None
-        self.size += len(data)
+        self.size += count
         if self._progress:
-            self._progress(len(data))
-        return self._compressor.compress(data)
+            self._progress(count)
+        with memoryview(self._raw)[:count] as data:
+            return self._compressor.compress(data)
 
 
 class DecompressingSink:
@@ -103,7 +105,12 @@ class DecompressingSink:
         self._fd, self._key, self._size, self._chunk_size = fd, key, size, chunk_size
         self._lengths = deque(lengths)
         self._progress = progress
-        self._chunk: Optional[bytearray] = None  # the chunk being received, at its full length
+        self._chunk: Optional[memoryview] = None  # the chunk being received, at its full length
+        self._buffer: Optional[bytearray] = None  # the buffer under it
+        # Buffers of the longest chunk's size, reused: a few allocations in all, instead of one
+        # per chunk that the allocator would keep around.
+        self._free: list = []
+        self._capacity = max(lengths, default=0)
         self._filled = 0
         self._index = 0
         self._stored_before = 0  # the stored length of the chunks handed to the workers
@@ -111,7 +118,7 @@ class DecompressingSink:
         self._sha256 = hashlib.sha256()
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="peewee-s3-hash")  # in order
         self._workers = ThreadPoolExecutor(INFLATE_THREADS, thread_name_prefix="peewee-s3-inflate")
-        self._ahead: deque = deque()  # (hashed, written) futures of the chunks in flight
+        self._ahead: deque = deque()  # (hashed, written, buffer) of the chunks in flight
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
@@ -122,14 +129,16 @@ class DecompressingSink:
             if self._chunk is None:
                 if not self._lengths:
                     break  # more than the meta lists: `finish` says so
-                self._chunk, self._filled = bytearray(self._lengths.popleft()), 0
+                self._buffer = self._free.pop() if self._free else bytearray(self._capacity)
+                self._chunk = memoryview(self._buffer)[:self._lengths.popleft()]
+                self._filled = 0
             count = min(len(view), len(self._chunk) - self._filled)
             self._chunk[self._filled:self._filled + count] = view[:count]
             self._filled += count
             view = view[count:]
             if self._filled == len(self._chunk):
-                self._submit(self._chunk)
-                self._chunk = None
+                self._submit(self._chunk, self._buffer)
+                self._chunk = self._buffer = None
         return len(data)
 
     def finish(self) -> str:
@@ -153,7 +162,7 @@ class DecompressingSink:
     def _expected_stored(self) -> int:
         return self._stored_before + sum(self._lengths) + (len(self._chunk) if self._chunk else 0)
 
-    def _submit(self, chunk: bytearray) -> None:
+    def _submit(self, chunk: memoryview, buffer: bytearray) -> None:
         self._stored_before += len(chunk)
         while len(self._ahead) >= CHUNKS_AHEAD or (self._ahead and _done(self._ahead[0])):
             self._wait_oldest()
@@ -161,24 +170,26 @@ class DecompressingSink:
         offset = index * self._chunk_size
         expected = min(self._chunk_size, self._size - offset)
         self._ahead.append((self._hasher.submit(self._sha256.update, chunk),
-                            self._workers.submit(self._inflate, index, chunk, offset, expected)))
+                            self._workers.submit(self._inflate, index, chunk, offset, expected),
+                            buffer))
 
     def _drain(self) -> None:
         while self._ahead:
             self._wait_oldest()
 
     def _wait_oldest(self) -> None:
-        hashed, written = self._ahead.popleft()
+        hashed, written, buffer = self._ahead.popleft()
         hashed.result()
         try:
             written.result()
+            self._free.append(buffer)
         except OSError as error:
             if isinstance(error, PeeweeS3Error):
                 raise
             raise LocalWriteError(f"writing the downloaded snapshot locally failed: "
                                   f"{error}") from error
 
-    def _inflate(self, index: int, chunk: bytearray, offset: int, expected: int) -> None:
+    def _inflate(self, index: int, chunk: memoryview, offset: int, expected: int) -> None:
         """Decompress one chunk and write it at `offset`, a piece at a time (memory: a piece)."""
         written = 0
         try:
@@ -207,6 +218,15 @@ def chunk_count(size: int, chunk_size: int) -> int:
     return -(-size // chunk_size)
 
 
+def _read_full(source: BinaryIO, buffer: bytearray) -> int:
+    """Fill `buffer` from `source` (less only at its end); returns the bytes read."""
+    filled = 0
+    with memoryview(buffer) as view:
+        while filled < len(buffer) and (count := source.readinto(view[filled:])):
+            filled += count
+    return filled
+
+
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -214,8 +234,8 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[count:], offset + count
 
 
-def _done(futures: tuple) -> bool:
-    return all(f.done() for f in futures)
+def _done(entry: tuple) -> bool:
+    return all(f.done() for f in entry[:2])
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
