@@ -46,7 +46,7 @@ class SnapshotMeta:
     created_at: float
     epoch: int
     parent: Optional[dict] = None
-    format: int = FORMAT
+    format: int = RAW_FORMAT  # a meta without the chunk fields describes a raw snapshot
     compression: Optional[str] = None
     chunk_size: Optional[int] = None
     chunks: Optional[tuple] = None
@@ -166,7 +166,7 @@ def upload_snapshot(storage: Storage, layout: Layout, generation: str, path: str
         before_meta()
     meta = SnapshotMeta(generation, chunks.size, chunks.sha256.hexdigest(), page_size,
                         time.time() if created_at is None else created_at, epoch, parent,
-                        compression=compression.CODEC, chunk_size=compression.CHUNK_SIZE,
+                        format=FORMAT, compression=compression.CODEC, chunk_size=compression.CHUNK_SIZE,
                         chunks=tuple(chunks.lengths))
     storage.create(layout.snapshot_meta(generation), meta.to_bytes())
     return meta
