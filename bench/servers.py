@@ -63,6 +63,11 @@ class S3Server:
             client.put_object(Bucket=bucket, Key=f"k{i}", Body=b"x" * 4096)
             client.get_object(Bucket=bucket, Key=f"k{i}")["Body"].read()
         self.empty_bucket(bucket)
+        self.wait_idle(quiet, timeout)
+
+    def wait_idle(self, quiet: float = 0.1, timeout: float = 30.0) -> None:
+        """Wait until the server uses under `quiet` of a core over half a second (after a
+        large upload it goes on writing for a while)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             before = _cpu_seconds(self.pid)

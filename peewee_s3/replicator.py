@@ -546,7 +546,7 @@ class Replicator:
             s = self.shipped
             s.generation, s.seq, s.last_snapshot = generation, 0, meta.created_at
             s.position = read.position
-            s.bytes_uploaded += meta.size
+            s.bytes_uploaded += meta.stored_size
             s.snapshot_size, s.generation_bytes = meta.size, 0
             self.merger.reset()
             self._folded = False
@@ -555,8 +555,8 @@ class Replicator:
             self.write_sidecar()
             self.tickets.mark_shipped(through)
             self.publish_durable()
-            log.info("started generation %s of %s with a %d-byte snapshot", generation,
-                     self.layout.base, meta.size)
+            log.info("started generation %s of %s with a %d-byte snapshot (%d bytes stored)",
+                     generation, self.layout.base, meta.size, meta.stored_size)
             return generation
 
     def prune(self) -> list:

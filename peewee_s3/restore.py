@@ -5,9 +5,9 @@ order, runs `PRAGMA integrity_check` (quick_check if the schema needs an app's f
 not registered), and only then puts the file in place (temp, fsync, rename), moving aside any
 file, -wal, -shm or -journal found there. It never writes to storage, nor deletes a user's file.
 The steps overlap, so that a restore takes about as long as downloading the snapshot: segments
-are listed and read ahead while the snapshot downloads, the snapshot is hashed and written a
-few MiB behind the download, and the file is fsynced while segments apply and while it is
-checked. Memory stays bounded by what is read ahead, never by the database.
+are listed and read ahead while the snapshot downloads, the snapshot is hashed, decompressed
+(on two threads) and written a few MiB behind the download, and the file is fsynced while
+segments apply and while it is checked. Memory stays bounded by what is read ahead, never by the database.
 """
 from __future__ import annotations
 

@@ -97,8 +97,8 @@ def test_a_large_snapshot_streams_through_multipart_and_ranged_gets(tmp_path, mo
     db = make_db(tmp_path / "a.db", kwargs, sync_mode="sync", encryption_key=NEW_KEY)
     db.create_tables([Note])
     with db.atomic():
-        for i in range(1200):
-            Note.create(body=f"{i:05d} " + os.urandom(4000).hex())  # ~9.6 MB: multipart
+        for i in range(1600):  # ~12 MB, ~9.7 MB compressed: still multipart
+            Note.create(body=f"{i:05d} " + base64.b85encode(os.urandom(6000)).decode())
     db.snapshot()
     db.shutdown()
     with open_storage(**kwargs) as storage:

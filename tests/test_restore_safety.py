@@ -4,8 +4,6 @@ A -wal, -shm or -journal left by a process that died is kept aside, never replay
 restored file; a schema that uses an app-registered function or collation is checked with it
 (`prepare`) or, without it, with PRAGMA quick_check and a warning; corruption is still refused.
 """
-import dataclasses
-import hashlib
 import logging
 import re
 import sqlite3
@@ -17,7 +15,8 @@ import pytest
 from peewee_s3 import restore
 from peewee_s3.errors import ConfigurationError, ReplicaCorruptError
 from peewee_s3.layout import Layout
-from peewee_s3.snapshots import read_meta
+from peewee_s3.restore import restore_to
+from peewee_s3.snapshots import read_meta, upload_snapshot
 from peewee_s3.storage import open_storage
 
 from .helpers import NAME, Note, make_db, rows_in_file
@@ -202,16 +201,20 @@ def test_a_corrupt_file_whose_schema_needs_an_apps_function_is_still_refused(
         tmp_path, storage_kwargs, app_db):
     generation = app_db.snapshot()     # a generation that is its snapshot alone
     layout = Layout(NAME)
+    copy = tmp_path / "copy.db"
     with open_storage(**storage_kwargs) as storage:
+        restore_to(storage, layout, str(copy), generation=generation)
         meta = read_meta(storage, layout, generation)
-        data = bytearray(storage.read(layout.snapshot(generation)))
+        data = bytearray(copy.read_bytes())
         page = len(data) // meta.page_size - 1   # the last page: a b-tree page of note's
         data[page * meta.page_size:(page + 1) * meta.page_size] = b"\x0d" * meta.page_size
+        copy.write_bytes(bytes(data))
         # As if the writer's own file had been damaged before it was snapshotted: the
-        # checksums in the meta are those of the damaged bytes.
-        storage.write(layout.snapshot(generation), bytes(data))
-        storage.write(layout.snapshot_meta(generation), dataclasses.replace(
-            meta, size=len(data), sha256=hashlib.sha256(data).hexdigest()).to_bytes())
+        # snapshot and the checksums in its meta are those of the damaged bytes.
+        storage.delete(layout.snapshot_meta(generation))
+        upload_snapshot(storage, layout, generation, str(copy), epoch=meta.epoch,
+                        page_size=meta.page_size, parent=meta.parent,
+                        created_at=meta.created_at)
     with pytest.raises(ReplicaCorruptError, match="fails PRAGMA quick_check"):
         restore(target=str(tmp_path / "r.db"), database_name=NAME, generation=generation,
                 **storage_kwargs)

@@ -80,9 +80,9 @@ def _snapshot_problem(generation: StoredGeneration, key: str, stored_size: Optio
         return None
     if stored_size is None:
         return f"its snapshot {key} is missing: this generation cannot be restored"
-    if stored_size != generation.meta.size:
+    if stored_size != generation.meta.stored_size:
         return (f"its snapshot {key} is {stored_size} bytes, its meta says "
-                f"{generation.meta.size}: this generation cannot be restored")
+                f"{generation.meta.stored_size}: this generation cannot be restored")
     return None
 
 

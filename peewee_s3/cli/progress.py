@@ -35,7 +35,7 @@ class ShowingDownloads:
         total = None
         generation = self._layout.generation_of(key)
         if sys.stderr.isatty() and generation and key == self._layout.snapshot(generation):
-            total = read_meta(self._storage, self._layout, generation).size
+            total = read_meta(self._storage, self._layout, generation).stored_size
         with progress_bar(total, key.rsplit("/", 1)[-1]) as bar:
             def report(nbytes: int) -> None:
                 bar.update(nbytes)

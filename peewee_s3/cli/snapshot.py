@@ -73,7 +73,8 @@ def cmd_snapshot(args: argparse.Namespace, db: StoredDatabase) -> int:
             raise
         lease.release()
     print(f"uploaded {path} to {db.describe()} as generation {generation} "
-          f"({byte_size(meta.size)}), now the current one; the next writer restores it")
+          f"({byte_size(meta.size)}, {byte_size(meta.stored_size)} stored), now the current one; "
+          "the next writer restores it")
     return 0
 
 

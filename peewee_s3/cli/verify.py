@@ -14,7 +14,7 @@ import tempfile
 from ..errors import ObjectNotFoundError, ReplicaCorruptError
 from ..fence import lineage_end
 from ..restore import parse_time, restore_to, segment_sizes
-from ..snapshots import read_meta
+from ..snapshots import RAW_FORMAT, SnapshotMeta, read_meta
 from .options import StoredDatabase
 from .output import byte_size, counted, when
 from .progress import ShowingDownloads
@@ -47,8 +47,7 @@ def cmd_verify(args: argparse.Namespace, db: StoredDatabase) -> int:
         f"generation {args.generation}" if args.generation else "the latest state")
     print(f"verified {what} of {db.describe()}:")
     print(f"  generation  {state.generation}")
-    print(f"  snapshot    {byte_size(meta.size)}, size and sha256 match its meta "
-          f"({meta.sha256[:16]}…)")
+    print(f"  snapshot    {_snapshot_checks(meta)}")
     if state.seq:
         print(f"  segments    1-{state.seq} of {stored} stored: each one's sha256, "
               f"generation and sequence number checked; {counted(state.commits, 'commit')} "
@@ -63,3 +62,13 @@ def cmd_verify(args: argparse.Namespace, db: StoredDatabase) -> int:
           f"{counted(tables, 'table')})")
     print("OK")
     return 0
+
+
+def _snapshot_checks(meta: SnapshotMeta) -> str:
+    """What was checked of the snapshot, in the words of its format (docs/FORMAT.md)."""
+    checked = f"stored size and sha256 match its meta ({meta.sha256[:16]}…)"
+    if meta.format == RAW_FORMAT:
+        return f"{byte_size(meta.size)}, {checked}"
+    return (f"{byte_size(meta.size)} in {counted(len(meta.chunks), 'chunk')} of "
+            f"{meta.compression} ({byte_size(meta.stored_size)} stored), {checked}, every "
+            "chunk decompressed to its length")
