@@ -216,6 +216,7 @@ class Member:
         self._state_seen: tuple = (None, None)  # (state file's mtime_ns, what it said)
         self._rung_at = 0.0
         self._checked_at = float("-inf")
+        self.wrote = False  # whether this process wrote anything as a member
 
     def _fenced(self) -> Optional[str]:
         """The state's `fenced`, re-read only when the state file changed (a write asks)."""
@@ -237,6 +238,7 @@ class Member:
     def check_writable(self) -> None:
         """The file is still the one replicated and the lease holds (async mode: looked at
         every ASYNC_CHECK_EVERY seconds, not at every write)."""
+        self.wrote = True  # before every write statement, wherever its commit happens
         now = time.monotonic()
         if self.host.options.sync_mode != "sync" and now < self._checked_at + ASYNC_CHECK_EVERY:
             return
@@ -247,6 +249,7 @@ class Member:
         self._checked_at = now
 
     def committed(self, sync: bool) -> None:
+        self.wrote = True
         if sync:
             self.host.wait_durable()
         elif time.monotonic() - self._rung_at >= self.host.options.sync_interval / 2:
@@ -538,10 +541,11 @@ class HostSession:
         """A member leaves once what it committed is durable: shipped by the replicating
         process, or — if none is left (it may have handed over to this one, seeing it still
         here) — by this one, which then replicates. True if it took over. (Before, a member
-        just left: its last commits could stay only in the local file.) A member whose file
-        was deleted or replaced leaves at once: what it wrote to the old one ships nowhere."""
-        if file_identity(self.path) != self._role.identity:
-            return False
+        just left: its last commits could stay only in the local file.) A member that wrote
+        nothing leaves at once, and so does one whose file was deleted or replaced: what it
+        wrote to the old one ships nowhere."""
+        if not self._role.wrote or file_identity(self.path) != self._role.identity:
+            return False  # nothing of its own to wait for
         committed_at = time.time()
         salts, frame = wal_end(self.path)
         deadline = time.monotonic() + LEAVE_WAIT

@@ -243,3 +243,21 @@ def test_a_helper_that_cannot_start_is_reported_and_gives_the_lock_back(tmp_path
     db.close()
     db.shutdown()
     assert "after" in restored_tags(tmp_path, storage)
+
+
+def test_a_member_that_wrote_nothing_leaves_at_once(tmp_path, caplog):
+    """A worker that only read (a GET-only web worker) has no commit to wait for: its
+    shutdown() used to wait 10 s for a shipment that covered nothing of its own."""
+    storage = {"storage": f"file://{tmp_path}/store"}
+    writer, Row = _database(tmp_path / "app.db", storage)
+    writer.connect()
+    writer.create_tables([Row])
+    Row.create(tag="written")
+    writer.close()
+    writer.shutdown()
+    reader, ReadRow = _database(tmp_path / "app.db", storage)
+    reader.connect()        # a member of a new helper …
+    assert [r.tag for r in ReadRow.select()] == ["written"]
+    reader.close()
+    reader.shutdown()       # … that only read
+    assert "before the replicating process shipped" not in caplog.text
