@@ -12,7 +12,6 @@ its opening raised. docs/HOSTS.md says why and what it costs.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -22,7 +21,6 @@ import subprocess
 import sys
 import time
 from dataclasses import fields
-from typing import Optional
 
 from . import errors
 from .config import Options, log_verbosely
@@ -141,29 +139,3 @@ def serve(host, every: float = ALONE_EVERY) -> None:
         time.sleep(every)
     if not host.closed:
         host.shutdown()
-
-
-def wait_until_gone(path: str, lock_suffix: str, timeout: float,
-                    child: Optional[subprocess.Popen]) -> bool:
-    """After the last app process left: wait until the helper has released the host lock (its
-    session ended), so that a shutdown returns with the lease released. False on timeout."""
-    deadline = time.monotonic() + timeout
-    fd = os.open(path + lock_suffix, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    return False
-                time.sleep(0.02)
-    finally:
-        os.close(fd)  # not a SQLite file: closing it drops no lock of SQLite's
-    if child is not None:
-        try:
-            child.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-    return True
-

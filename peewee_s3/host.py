@@ -21,6 +21,7 @@ import secrets
 import select
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -531,8 +532,8 @@ class HostSession:
         role.shutdown()
         last = self.options.replicator == "process" and self._alone()
         self._close()
-        if last and not helper.wait_until_gone(self.path, LOCK_SUFFIX, HELPER_EXIT_WAIT,
-                                               self._helper):
+        if last and not wait_until_replicated_by_none(self.path, HELPER_EXIT_WAIT,
+                                                      self._helper):
             log.warning("the replication helper of %s has not ended its session within %.0f s "
                         "of the last process leaving: it goes on shipping and then releases "
                         "the lease", self.path, HELPER_EXIT_WAIT)
@@ -667,6 +668,27 @@ def _open_lock_file(path: str) -> int:
     """A descriptor of the host lock file (not a SQLite file: closing it drops none of SQLite's
     locks)."""
     return os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def wait_until_replicated_by_none(path: str, timeout: float, child=None) -> bool:
+    """Wait until no process holds the file's host lock (after the last app process left, the
+    helper's session has then ended and the lease is released); reap `child`, the helper this
+    process started, if any. False on timeout."""
+    deadline = time.monotonic() + timeout
+    fd = _open_lock_file(path)
+    try:
+        while not _lock_exclusively(fd):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+    finally:
+        os.close(fd)
+    if child is not None:
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    return True
 
 
 def _check_directory(path: str) -> None:

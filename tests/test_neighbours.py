@@ -26,8 +26,8 @@ from typing import Optional
 
 import pytest
 
-from peewee_s3 import helper, restore
-from peewee_s3.host import LOCK_SUFFIX
+from peewee_s3 import restore
+from peewee_s3.host import wait_until_replicated_by_none
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APP = os.path.join(HERE, "neighbour_app.py")
@@ -455,7 +455,7 @@ def test_a_helper_process_replicating_beside_readers_writers_and_checkpoints_los
         tmp_path, storage, mode, [["readers"], ["writer"], ["checkpoint", "TRUNCATE"]],
         options={"replicator": "process"})
     path = str(tmp_path / "app.db")
-    assert helper.wait_until_gone(path, LOCK_SUFFIX, 30, None), \
+    assert wait_until_replicated_by_none(path, 30), \
         "the helper did not leave after the app was SIGKILLed"
     assert_restore_keeps(acknowledged, restore_rows(tmp_path, storage))
 
