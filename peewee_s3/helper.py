@@ -46,8 +46,11 @@ def start(path: str, options: Options, lock_fd: int) -> subprocess.Popen:
         stdout=subprocess.PIPE, pass_fds=(lock_fd,), env=env,
         start_new_session=True)  # a terminal's Ctrl-C stops the app, which then leaves; not it
     try:
-        proc.stdin.write(pickle.dumps(payload))
-        proc.stdin.close()
+        try:
+            proc.stdin.write(pickle.dumps(payload))
+            proc.stdin.close()
+        except BrokenPipeError:  # it died before reading them: its exit code says so below
+            pass
         answer = proc.stdout.readline()
     except BaseException:
         proc.kill()
