@@ -26,6 +26,16 @@ class ObjectNotFoundError(StorageError, FileNotFoundError):
     """An object the caller asked for does not exist in the storage."""
 
 
+class TornObjectError(ObjectNotFoundError):
+    """The object is empty: an upload its writer did not finish. Nothing peewee-s3 stores is
+    empty, but a server such as SeaweedFS keeps a zero-length object when the client dies
+    after sending a PUT's headers. It reads as absent; `create` may take its place."""
+
+    def __init__(self, message: str, tag: str) -> None:
+        super().__init__(message)
+        self.tag = tag
+
+
 class PreconditionFailedError(StorageError):
     """A conditional write or delete lost: the object exists, or changed since it was read."""
 

@@ -3,7 +3,10 @@
 A new holder that did not get the lease by a clean release creates a fence, with
 create-if-absent, at the first free segment key of the generation it continues from; the old
 writer's next create of that key fails, so it is fenced without reading `lock.json` per commit,
-and every segment before the fence is part of the lineage. Readers stop at the first fence.
+and every segment before the fence is part of the lineage. Readers stop at the first fence,
+and at a torn segment key (empty: an upload whose writer died, see TornObjectError), which
+nobody wrote after: its writer lands segments one at a time, and the next create of that key
+takes its place.
 Format and protocol: docs/FORMAT.md, "Fences". It knows keys and bytes, never SQLite.
 """
 from __future__ import annotations
@@ -78,14 +81,25 @@ def read_fence(storage: Storage, key: str) -> Optional[Fence]:
 
 def lineage_end(storage: Storage, layout: Layout, generation: str,
                 listed: list) -> int:
-    """The last segment of `generation` in its lineage: the one before its first fence, or
-    the last one stored. `listed` is (seq, size) of its wal/ keys in order (a checked chain);
-    only small objects at its end are fetched to tell a fence (none at all, usually one)."""
-    end = len(listed)
-    while end and listed[end - 1][1] < MAX_STORED_SIZE \
-            and read_fence(storage, layout.segment(generation, listed[end - 1][0])):
-        end -= 1
-    return listed[end - 1][0] if end else 0
+    """The last segment of `generation` in its lineage: the one before its first fence or
+    torn key, or the last one stored. `listed` is (seq, size) of its wal/ keys in order (a
+    checked chain); only small objects at its end are fetched to tell a fence (none at all,
+    usually one)."""
+    return _tail(storage, layout, generation, listed)[0]
+
+
+def _tail(storage: Storage, layout: Layout, generation: str, listed: list) -> tuple:
+    """(the lineage's last segment, whether a fence follows it), as in `lineage_end`."""
+    end, fenced = len(listed), False
+    while end and listed[end - 1][1] < MAX_STORED_SIZE:
+        key = layout.segment(generation, listed[end - 1][0])
+        if listed[end - 1][1] == 0:
+            end -= 1                      # torn
+        elif read_fence(storage, key):
+            end, fenced = end - 1, True
+        else:
+            break
+    return (listed[end - 1][0] if end else 0), fenced
 
 
 def fence_generation(storage: Storage, layout: Layout, generation: str, listed: list, *,
@@ -97,10 +111,10 @@ def fence_generation(storage: Storage, layout: Layout, generation: str, listed: 
 
     Called by a new lease holder (or `peewee-s3 lease release`) after its write of lock.json
     and before it reads where the generation ends."""
-    end = lineage_end(storage, layout, generation, listed)
-    if end < (listed[-1][0] if listed else 0):
+    end, fenced = _tail(storage, layout, generation, listed)
+    if fenced:
         return end                        # fenced already, by an earlier holder
-    ours, taken = end + 1, []
+    ours, taken = end + 1, []             # a torn key after `end` is free to create
     while True:
         fence = Fence(generation, ours, epoch, holder_id, time.time())
         try:

@@ -19,12 +19,13 @@ in.
 
 Only the current lineage. A segment is applied once it is proved part of it: `lock.json`, read
 after it, still shows its epoch (it landed before any takeover, so a new holder continues from
-it), or another segment, or a fence (fence.py), follows it in its generation. A fence ends the
-generation: nothing after it is read, and `lock.json` is read at every poll until it names the
-new holder's generation. A stray that landed without a fence (an older writer's, or one sent
-in several requests to a server that ignores If-None-Match on the last) proves nothing: it
-waits, and goes when `lock.json` names the new holder's generation, which ends the old one
-before it. A restore of the current state leaves out a last segment that is not proved.
+it), or another segment, a fence (fence.py) or a torn key follows it in its generation. A
+fence or torn key ends the generation: nothing after it is read, and `lock.json` is read at
+every poll until it names the new holder's generation. A stray that landed without a fence
+(an older writer's, or one sent in several requests to a server that ignores If-None-Match on
+the last) proves nothing: it waits, and goes when `lock.json` names the new holder's
+generation, which ends the old one before it. A restore of the current state leaves out a
+last segment that is not proved.
 
 What a poll costs. With nothing new, one GET: the next segment of the current generation,
 which is absent; never a LIST. `lock.json`, which names the writer's current generation, is
@@ -53,7 +54,9 @@ from peewee import OperationalError, SqliteDatabase
 
 from . import files, scheduler
 from .config import STORAGE_OPTIONS, Options, log_verbosely
-from .errors import ConfigurationError, ObjectNotFoundError, PeeweeS3Error, ReplicaCorruptError
+from .errors import (
+    ConfigurationError, ObjectNotFoundError, PeeweeS3Error, ReplicaCorruptError, TornObjectError,
+)
 from .fence import Fence, lineage_end
 from .layout import Layout
 from .lease import LeaseRecord, read_lease
@@ -289,6 +292,9 @@ class Follower:
             key = self.layout.segment(self.generation, seq)
             try:
                 data = self.storage.read(key)
+            except TornObjectError:           # its writer died there: an end, as a fence is
+                self._fenced = True
+                return True
             except ObjectNotFoundError:
                 return True
             if Fence.decode(data, key) is not None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
 
 from .errors import (ConfigurationError, LocalStateError, LocalWriteError, NothingToRestoreError,
-                     ObjectNotFoundError, PeeweeS3Error, ReplicaCorruptError)
+                     ObjectNotFoundError, PeeweeS3Error, ReplicaCorruptError, TornObjectError)
 from .fence import lineage_end
 from .layout import Layout
 from .lease import read_lease
@@ -69,7 +69,7 @@ def complete_generations(storage: Storage, layout: Layout) -> list:
         if generation and info.key == layout.snapshot_meta(generation):
             try:
                 metas.append(read_meta(storage, layout, generation))
-            except ReplicaCorruptError as exc:
+            except (ReplicaCorruptError, TornObjectError) as exc:  # torn: as if not there
                 log.warning("skipping generation %s: %s", generation, exc)
     return sorted(metas, key=lambda m: (m.created_at, m.generation))
 
@@ -232,8 +232,8 @@ def read_plan(storage: Storage, layout: Layout, generation: str, until_seq: Opti
     longest: dict = {}
     for info in storage.list(layout.merged_segments(generation)) if merged else ():
         span = layout.merged_range(info.key)
-        if span and span[0] >= 1 and span[0] < span[1] <= end \
-                and span[1] > longest.get(span[0], (0,))[0]:
+        if span and span[0] >= 1 and span[0] < span[1] <= end and info.size \
+                and span[1] > longest.get(span[0], (0,))[0]:   # (size 0: a torn upload)
             longest[span[0]] = (span[1], info.key, info.size)
     plan, seq = [], 1
     while seq <= end:

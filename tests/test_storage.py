@@ -18,6 +18,7 @@ from peewee_s3.errors import (
     ObjectNotFoundError,
     PreconditionFailedError,
     StorageError,
+    TornObjectError,
 )
 from peewee_s3.storage import ObjectInfo, open_storage
 
@@ -39,10 +40,23 @@ def test_write_overwrites_and_changes_the_tag(storage):
     assert second != first
 
 
-def test_empty_object_round_trips(storage):
+def test_an_empty_object_reads_as_torn_and_is_listed(storage):
+    # Nothing we store is empty: an empty object is what SeaweedFS keeps of a PUT whose
+    # client died after its headers (tests/test_torn.py makes one that way).
     storage.write("empty", b"")
-    assert storage.read("empty") == b""
+    with pytest.raises(TornObjectError, match="empty"):
+        storage.read("empty")
     assert storage.list("") == [ObjectInfo("empty", 0)]
+
+
+def test_create_takes_the_place_of_a_torn_object_but_replace_does_not(storage):
+    storage.write("seg", b"")
+    with pytest.raises(PreconditionFailedError):
+        storage.replace("seg", b"late", "a-tag-it-never-had")
+    tag = storage.create("seg", b"mine")
+    assert storage.read_tagged("seg") == (b"mine", tag)
+    with pytest.raises(PreconditionFailedError):
+        storage.create("seg", b"theirs")
 
 
 def test_create_succeeds_once_then_raises_precondition_failed(storage):

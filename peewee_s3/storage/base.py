@@ -15,7 +15,9 @@ import aiohttp
 import fsspec
 from botocore.exceptions import BotoCoreError
 
-from ..errors import LocalWriteError, ObjectNotFoundError, PeeweeS3Error, PreconditionFailedError
+from ..errors import (
+    LocalWriteError, ObjectNotFoundError, PeeweeS3Error, PreconditionFailedError, TornObjectError,
+)
 from .translation import _translate
 
 CHUNK_SIZE = 8 * 2**20  # one part of a streamed transfer; about one part is in memory at a time
@@ -66,6 +68,15 @@ class Storage:
         return self.read_tagged(key)[0]
 
     def read_tagged(self, key: str) -> tuple[bytes, Tag]:
+        """The object's bytes and tag; TornObjectError if it is empty (an unfinished upload)."""
+        data, tag = self._read_tagged(key)
+        if not data:
+            raise TornObjectError(
+                f"{self.describe(key)} is empty: an upload whose writer died before it sent "
+                "the body (the server kept the object). It is read as absent", tag)
+        return data, tag
+
+    def _read_tagged(self, key: str) -> tuple[bytes, Tag]:
         raise NotImplementedError
 
     def write(self, key: str, data: bytes) -> Tag:
@@ -77,7 +88,7 @@ class Storage:
         try:
             return self.upload(key, io.BytesIO(data), create_only=True)
         except PreconditionFailedError as error:
-            return self._landed(key, data, error)
+            return self._landed(key, data, error, over_torn=True)
 
     def replace(self, key: str, data: bytes, tag: Tag) -> Tag:
         """Replace if the object still has `tag`, else raise PreconditionFailedError."""
@@ -89,12 +100,19 @@ class Storage:
     def _replace(self, key: str, data: bytes, tag: Tag) -> Tag:
         raise NotImplementedError
 
-    def _landed(self, key: str, data: bytes, error: PreconditionFailedError) -> Tag:
+    def _landed(self, key: str, data: bytes, error: PreconditionFailedError, *,
+                over_torn: bool = False) -> Tag:
         """A conditional write refused because an earlier attempt of the same request landed:
         botocore retries a PUT whose answer was lost, and the retry meets its own object. The
-        object then holds exactly our bytes (ours carry unique ids and times): that is success."""
+        object then holds exactly our bytes (ours carry unique ids and times): that is success.
+        A create refused by a torn object (empty: see TornObjectError) replaces it, on its tag,
+        as if the key were free: that upload never finished, so it said nothing."""
         try:
             stored, tag = self.read_tagged(key)
+        except TornObjectError as torn:
+            if over_torn:
+                return self.replace(key, data, torn.tag)
+            raise error from None
         except ObjectNotFoundError:
             raise error from None
         if stored != data:

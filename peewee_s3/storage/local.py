@@ -28,7 +28,7 @@ class LocalStorage(Storage):
     sha256 of the content. Temp and lock files are hidden from `list`.
     """
 
-    def read_tagged(self, key: str) -> tuple[bytes, Tag]:
+    def _read_tagged(self, key: str) -> tuple[bytes, Tag]:
         with self._errors(key), open(self._path(key), "rb") as f:
             data = f.read()
         return data, hashlib.sha256(data).hexdigest()

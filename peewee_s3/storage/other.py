@@ -26,7 +26,7 @@ class FsspecStorage(Storage):
     between processes. Use s3:// or file:// for a database that several processes share.
     """
 
-    def read_tagged(self, key: str) -> tuple[bytes, Tag]:
+    def _read_tagged(self, key: str) -> tuple[bytes, Tag]:
         with self._errors(key):
             data = self.fs.cat_file(self._path(key))
         return data, hashlib.sha256(data).hexdigest()

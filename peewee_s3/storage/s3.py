@@ -39,7 +39,7 @@ class S3Storage(Storage):
         self.download_streams = default_streams(endpoint)  # open_storage may set it
         self._endpoint = _safe_url(endpoint) if endpoint else None
 
-    def read_tagged(self, key: str) -> tuple[bytes, Tag]:
+    def _read_tagged(self, key: str) -> tuple[bytes, Tag]:
         with self._errors(key):
             return sync(self.fs.loop, self._get_object, key)
 
