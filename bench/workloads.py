@@ -569,8 +569,8 @@ def p7_trickle(bench: Bench, systems: list) -> list:
             seconds = paced(s.trickle_rate, int(s.trickle_rate * s.trickle_seconds), insert_one)
             system.settle()
             trickle = bench.proxy.reset()
-            # peewee-s3 also stores a merged copy of every 256 segments (none in a run this
-            # short): counted as uploaded, and as what a restore reads after the snapshot.
+            # peewee-s3 also stores merged copies of its segments (merging.py): counted as
+            # uploaded, and as what a restore reads after the snapshot.
             merged = _restore_reads(bench, system) / seconds if name == "s3-async" else 0.0
             snapshot_bytes, per_hour = _snapshot_policy(bench, system, startup, merged)
         shipped = (trickle.uploaded / seconds + merged) * 3600
@@ -598,22 +598,31 @@ def _snapshot_policy(bench: Bench, system: System, startup: Traffic,
 
 def _restore_reads(bench: Bench, system: System) -> int:
     """Bytes a restore would read after peewee-s3's snapshot: the stored segments of the
-    generation, merged as the writer merges every MERGE_SEGMENTS of them. Read from the server;
-    a run this short merges fewer segments per object than the writer will, so this is an
-    upper bound."""
+    generation, merged as the writer merges them (merging.py), the longest merged segment
+    at each step. Read from the server."""
     from peewee_s3.merging import Merger
     from peewee_s3.segments import Segment
 
     client = s3_client(bench.server.endpoint)
     listing = client.list_objects_v2(Bucket=system.target.bucket, Prefix=f"{PREFIX}/")
     keys = sorted(o["Key"] for o in listing.get("Contents", []) if "/wal/" in o["Key"])
-    merger = Merger()
+    merger, sizes, longest = Merger(), [], {}
     for key in keys:
         data = client.get_object(Bucket=system.target.bucket, Key=key)["Body"].read()
-        merger.add(Segment.decode(data, key), len(data))
-    if len(keys) < 2:
-        return merger.stored_bytes
-    return len(merger.take().encode())
+        segment = Segment.decode(data, key)
+        merger.add(segment, len(data))
+        sizes.append(len(data))
+        while merger.due:
+            merged, _ = merger.take()
+            stored = len(merged.encode())
+            merger.stored(merged, stored)
+            longest[merged.first_seq] = max(longest.get(merged.first_seq, (0, 0)),
+                                            (merged.seq, stored))
+    total, seq = 0, 1
+    while seq <= len(sizes):
+        last, size = longest.get(seq, (seq, sizes[seq - 1]))
+        total, seq = total + size, last + 1
+    return total
 
 
 def _peewee_s3_snapshot_every(snapshot_bytes: int, reads_per_second: float) -> float:

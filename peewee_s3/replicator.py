@@ -231,8 +231,7 @@ class Replicator:
             self.start_generation()
         elif changed:
             self.ship()
-        if self.merger.due:
-            self._store_merged()
+        self._store_merged()
 
     def _snapshot_due(self) -> bool:
         """The policy: a new generation once what a restore reads after the snapshot
@@ -429,25 +428,29 @@ class Replicator:
         return self.lease.lost(f"the next segment key, {key}, holds another writer's fence")
 
     def _store_merged(self) -> None:
-        """Store one merged segment for the segments gathered since the last (merging.py).
-        It only spares restores requests, so failing to store it loses nothing."""
-        replaced = self.merger.stored_bytes
-        merged = self.merger.take()
-        key = self.layout.merged_segment(merged.generation, merged.first_seq, merged.seq)
-        data = merged.encode()
-        self._guard(self.lease.check)
-        try:
-            self.storage.create(key, data)
-        except StorageError as exc:
-            log.warning("could not store %s; restores will read its %d segments instead: %s",
-                        key, merged.seq - merged.first_seq + 1, exc)
-            return
-        s = self.shipped
-        s.bytes_uploaded += len(data)
-        s.merged_uploaded += 1
-        s.generation_bytes += len(data) - replaced
-        log.info("merged segments %d-%d of %s as %s (%d bytes)", merged.first_seq, merged.seq,
-                 self.layout.base, key, len(data))
+        """Store the merged segments due (merging.py), the lowest level first. They only spare
+        restores requests, so failing to store one loses nothing. The lease read before each
+        is not for them (they stand for segments stored before any fence): it bounds how long
+        a writer that commits faster than a new holder can try keys outruns its fence."""
+        while self.merger.due:
+            merged, replaced = self.merger.take()
+            key = self.layout.merged_segment(merged.generation, merged.first_seq, merged.seq)
+            data = merged.encode()
+            self._guard(self.lease.check)
+            try:
+                self.storage.create(key, data)
+            except StorageError as exc:
+                log.warning("could not store %s; restores will read what it stands for "
+                            "instead: %s", key, exc)
+                self.merger.stored(merged, replaced)
+                continue
+            self.merger.stored(merged, len(data))
+            s = self.shipped
+            s.bytes_uploaded += len(data)
+            s.merged_uploaded += 1
+            s.generation_bytes += len(data) - replaced
+            log.info("merged segments %d-%d of %s as %s (%d bytes)", merged.first_seq,
+                     merged.seq, self.layout.base, key, len(data))
 
     def wait_durable(self, ticket: int) -> None:
         """Sync mode: return once the commit holding `ticket` is in storage, or raise."""

@@ -9,6 +9,7 @@ from peewee_s3 import merging, restore
 from peewee_s3.errors import ReplicaCorruptError
 from peewee_s3.layout import Layout
 from peewee_s3.merging import Merger
+from peewee_s3.restore import read_plan
 from peewee_s3.segments import CommitRecord, PageWriter, Segment
 from peewee_s3.storage import open_storage
 
@@ -42,12 +43,13 @@ def applied(tmp_path, name, segments):
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_a_merged_segment_leaves_the_file_as_its_segments_do(tmp_path, seed):
+def test_a_merged_segment_leaves_the_file_as_its_segments_do(tmp_path, seed, monkeypatch):
+    monkeypatch.setattr(merging, "MERGE_SEGMENTS", 12)
     segments = random_segments(random.Random(seed), 12)
     merger = Merger()
     for segment in segments:
         merger.add(segment)
-    merged = Segment.decode(merger.take().encode(), "k")
+    merged = Segment.decode(merger.take()[0].encode(), "k")
     assert (merged.first_seq, merged.seq) == (1, 12)
     assert len(merged.commits) == sum(len(s.commits) for s in segments)
     assert applied(tmp_path, "one-by-one", segments) == applied(tmp_path, "merged", [merged])
@@ -68,9 +70,9 @@ def test_the_page_writer_leaves_the_file_as_apply_to_does(tmp_path, seed):
 
 
 def test_merging_is_due_after_enough_segments_or_bytes(monkeypatch):
-    merger = Merger()
     segments = random_segments(random.Random(1), 6)
     monkeypatch.setattr(merging, "MERGE_SEGMENTS", 4)
+    merger = Merger()
     for segment in segments[:3]:
         merger.add(segment)
     assert not merger.due
@@ -79,6 +81,7 @@ def test_merging_is_due_after_enough_segments_or_bytes(monkeypatch):
     merger.take()
     assert not merger.due
     monkeypatch.setattr(merging, "MERGE_BYTES", 3 * PAGE)
+    merger = Merger()
     two_pages = {1: b"a" * PAGE, 2: b"b" * PAGE}
     merger.add(Segment("g", 5, 1, PAGE, (CommitRecord(5.0, 8, two_pages),)))
     assert not merger.due
@@ -95,17 +98,59 @@ def test_a_large_segment_is_not_merged(monkeypatch):
     merger.add(large)
     merger.add(Segment("g", 3, 1, PAGE, small.commits))
     merger.add(Segment("g", 4, 1, PAGE, small.commits))
-    merged = merger.take()
+    merged, _ = merger.take()
     assert (merged.first_seq, merged.seq) == (3, 4)  # the run starts again after it
 
 
-def test_a_segment_that_does_not_follow_starts_a_new_run():
+def test_a_segment_that_does_not_follow_starts_a_new_run(monkeypatch):
+    monkeypatch.setattr(merging, "MERGE_SEGMENTS", 2)
     merger = Merger()
     first, _, third = random_segments(random.Random(2), 3)
     merger.add(first)
     merger.add(third)
     merger.add(Segment("g", 4, 1, PAGE, third.commits))
-    assert merger.take().first_seq == 3
+    assert merger.take()[0].first_seq == 3
+
+
+def merge_as_the_writer_does(merger, segments):
+    """Add each segment, then store what is due as the replicator does: the merged segments
+    in the order they would be stored."""
+    stored = []
+    for segment in segments:
+        merger.add(segment, 100)
+        while merger.due:
+            merged, _ = merger.take()
+            stored.append(merged)
+            merger.stored(merged, 10)
+    return stored
+
+
+def test_merged_segments_are_merged_again_level_by_level(tmp_path, monkeypatch):
+    monkeypatch.setattr(merging, "FANOUT", 2)
+    monkeypatch.setattr(merging, "MERGE_SEGMENTS", 8)
+    segments = random_segments(random.Random(3), 8)
+    stored = merge_as_the_writer_does(Merger(), segments)
+    assert [(m.first_seq, m.seq) for m in stored] == [
+        (1, 2), (3, 4), (1, 4), (5, 6), (7, 8), (5, 8), (1, 8)]
+    top = Segment.decode(stored[-1].encode(), "k")
+    assert len(top.commits) == sum(len(s.commits) for s in segments)
+    assert applied(tmp_path, "one-by-one", segments) == applied(tmp_path, "top", [top])
+    assert applied(tmp_path, "halves", stored[2:3] + stored[5:6]) == applied(
+        tmp_path, "top-again", [top])
+
+
+def test_a_level_stands_for_what_a_restore_read_before_it(monkeypatch):
+    """take() says how many stored bytes the merged segment replaces: the level below's."""
+    monkeypatch.setattr(merging, "FANOUT", 2)
+    monkeypatch.setattr(merging, "MERGE_SEGMENTS", 4)
+    merger, replaced = Merger(), []
+    for segment in random_segments(random.Random(4), 4):
+        merger.add(segment, 100)
+        while merger.due:
+            merged, stands_for = merger.take()
+            replaced.append(stands_for)
+            merger.stored(merged, 10)
+    assert replaced == [200, 200, 20]  # two segments, two segments, two merged segments
 
 
 # -- the writer and restore ------------------------------------------------------------------
@@ -166,11 +211,8 @@ def test_a_new_generation_is_judged_by_what_a_restore_reads(storage_kwargs, merg
     base = f"{NAME}/generations/{generation}/"
 
     def restore_reads():
-        stored = stored_keys(storage_kwargs, base)
-        spans = {k: Layout.merged_range(k) for k in stored if k.startswith(base + "merged/")}
-        end = max((last for _, last in spans.values()), default=0)
-        return (sum(stored[k] for k in spans)
-                + sum(size for k, size in stored.items() if (Layout.segment_seq(k) or 0) > end))
+        with open_storage(**storage_kwargs) as storage:
+            return sum(size for *_, size in read_plan(storage, Layout(NAME), generation, None))
 
     shipped = db._session.role.replicator.shipped
     deadline = time.monotonic() + 10
@@ -179,3 +221,32 @@ def test_a_new_generation_is_judged_by_what_a_restore_reads(storage_kwargs, merg
     assert shipped.generation_bytes == restore_reads()
     assert shipped.generation_bytes < sum(
         size for k, size in stored_keys(storage_kwargs, base + "wal/").items())
+
+
+def test_the_writer_merges_its_merged_segments_and_a_restore_reads_the_longest(
+        tmp_path, storage_kwargs, monkeypatch):
+    monkeypatch.setattr(merging, "FANOUT", 2)
+    monkeypatch.setattr(merging, "MERGE_SEGMENTS", 8)
+    db = make_db(tmp_path / "a.db", storage_kwargs, sync_mode="sync", sync_interval=0.05)
+    try:
+        db.create_tables([Note])
+        generation = db.status()["generation"]
+        for i in range(12):
+            Note.create(body=f"note {i:02d}")
+
+        def plan(sizes=False):
+            with open_storage(**storage_kwargs) as storage:
+                objects = read_plan(storage, Layout(NAME), generation, None)
+            return sum(o[3] for o in objects) if sizes else [o[:2] for o in objects]
+        deadline = time.monotonic() + 20
+        while plan() != [(1, 8), (9, 12), (13, 13)] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert plan() == [(1, 8), (9, 12), (13, 13)]  # of 13 segments and 10 merged ones
+        # what a restore reads, for the snapshot policy
+        assert db._session.role.replicator.shipped.generation_bytes == plan(sizes=True)
+        assert len(stored_keys(storage_kwargs, f"{NAME}/generations/{generation}/merged/")) == 10
+    finally:
+        db.shutdown()
+    state = restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert (state.seq, state.commits) == (13, 13)
+    assert rows_in_file(tmp_path / "r.db") == [f"note {i:02d}" for i in range(12)]
