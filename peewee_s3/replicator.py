@@ -197,15 +197,20 @@ class Replicator:
         if self.fenced:
             return None
         wait = self._until_interval()
-        if wait > 0 and not self._urgent and not self._postponed:
+        postpone = wait > 0 and not self._urgent and not self._postponed
+        if postpone and not self.merger.due:
             self._postponed = True
             return wait
         urgent = self._urgent
-        self._woken = self._urgent = self._postponed = False
+        if not postpone:
+            self._woken = self._urgent = self._postponed = False
         try:
             with self._io:
                 published = self._publications
-                self._tick()
+                if postpone:
+                    self._store_merged()  # woken by a merge due (_upload_segment): only that
+                else:
+                    self._tick()
                 if urgent and self._publications == published:
                     self.publish_durable()  # a member waits: where we stand, though unchanged
             self.last_error = None
@@ -218,7 +223,7 @@ class Replicator:
             self.errors[type(exc).__name__] += 1
             log.warning("replication of %s failed, will retry: %s", self.layout.base, exc)
             return self.options.sync_interval
-        return self._next_tick()
+        return wait if postpone else self._next_tick()
 
     def _tick(self) -> None:
         if time.monotonic() - self._last_renewal >= self.options.renew_every:
@@ -411,7 +416,9 @@ class Replicator:
         s.segments_uploaded += 1
         s.commits_uploaded += len(read.ends)
         self.merger.add(segment, len(data))
-        self.write_sidecar()
+        if self.merger.due:
+            self._wake(0.0)  # stored at once, not at the next tick: a writer that stops first
+        self.write_sidecar()  # would leave a restore its segments to read one by one
         self.publish_durable()
         log.info("shipped %d commits of %s as %s (%d bytes)", len(read.ends),
                  self.layout.base, key, len(data))
