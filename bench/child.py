@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from bench.processes import KEY, REGION, SECRET, peak_rss
+from bench.processes import KEY, PRAGMAS, PREFIX, REGION, SECRET, peak_rss
 
 
 def _say(**fields) -> None:
@@ -31,8 +31,6 @@ def _say(**fields) -> None:
 
 
 def _storage(bucket: str, endpoint: str) -> dict:
-    from bench.systems import PREFIX
-
     return dict(storage=f"s3://{bucket}/{PREFIX}", database_name="db", endpoint_url=endpoint,
                 force_path_style=True, region=REGION,
                 credentials={"access_key_id": KEY, "secret_access_key": SECRET})
@@ -40,8 +38,7 @@ def _storage(bucket: str, endpoint: str) -> dict:
 
 def writer(path: str, bucket: str, endpoint: str, commits: int) -> None:
     import peewee_s3
-    from bench.systems import PRAGMAS
-    from bench.workloads import Item, insert_one
+    from bench.rows import Item, insert_one
 
     db = peewee_s3.S3SqliteDatabase(path, sync_mode="sync", snapshot_interval=10**9,
                                     pragmas=PRAGMAS, **_storage(bucket, endpoint))
@@ -64,17 +61,17 @@ def restore(target: str, bucket: str, endpoint: str, streams: str = "") -> None:
     import peewee_s3
 
     options = {"download_streams": int(streams)} if streams else {}
+    options.update(_storage(bucket, endpoint))
     idle = peak_rss()
     started = time.monotonic()
-    state = peewee_s3.restore(target=target, **_storage(bucket, endpoint), **options)
+    state = peewee_s3.restore(target=target, **options)
     _say(step="restore", seconds=time.monotonic() - started, rss=peak_rss(), rss_idle=idle,
          segments=state.seq, commits=state.commits)
 
 
 def coldstart(path: str, bucket: str, endpoint: str) -> None:
     import peewee_s3
-    from bench.systems import PRAGMAS
-    from bench.workloads import Item
+    from bench.rows import Item
 
     db = peewee_s3.S3SqliteDatabase(path, pragmas=PRAGMAS, **_storage(bucket, endpoint))
     idle = peak_rss()

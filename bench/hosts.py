@@ -26,11 +26,12 @@ from typing import Optional
 
 from bench.processes import python_module, stop_process
 from bench.proxy import CountingProxy
+from bench.rows import Item, insert_one
 from bench.run import library_version
 from bench.servers import _cpu_seconds as cpu_seconds_of
 from bench.servers import start_server
 from bench.systems import PRAGMAS, PeeweeS3, Plain, System, Target
-from bench.workloads import Bench, Item, Settings, insert_one, percentile
+from bench.workloads import Bench, Settings, percentile
 
 PROCESSES = (1, 4)
 START_DELAY = 0.3  # seconds between "go" and the first measured commit of every writer

@@ -13,6 +13,10 @@ import time
 
 KEY = SECRET = "testing"
 REGION = "us-east-1"
+# Shared with bench/child.py, which must not import boto3 (bench.servers) into the process it
+# measures.
+PRAGMAS = {"synchronous": "normal", "busy_timeout": 10000}  # every system, plus WAL mode
+PREFIX = "bench"  # where in its bucket each system keeps its objects
 
 
 def clean_aws_env() -> dict:

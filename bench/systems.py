@@ -23,11 +23,10 @@ from typing import Optional
 
 import peewee
 
-from bench.processes import KEY, REGION, SECRET, clean_aws_env, peak_rss, stop_process
+from bench.processes import (KEY, PRAGMAS, PREFIX, REGION, SECRET,  # noqa: F401 (re-exported)
+                             clean_aws_env, peak_rss, stop_process)
 from bench.servers import S3Server, s3_client
 
-PRAGMAS = {"synchronous": "normal", "busy_timeout": 10000}  # every system, plus WAL mode
-PREFIX = "bench"  # where in its bucket each system keeps its objects
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import resource
 import shutil
 import sqlite3
 import statistics
-import string
 import subprocess
 import threading
 import time
@@ -25,6 +24,7 @@ import peewee
 
 from bench.processes import clean_aws_env, python_module, wait_peak_rss
 from bench.proxy import CountingProxy, Traffic
+from bench.rows import Item, insert_one
 from bench.servers import S3Server, s3_client
 from bench.systems import PREFIX, Litestream, System, Target, litestream_binary, make_system
 from bench.watcher import Watcher
@@ -33,25 +33,6 @@ GiB = 2**30
 MiB = 2**20
 P1_CHUNKS = 10
 RANGED_STREAMS = 4  # P5's second peewee-s3 restore: the snapshot as this many ranged GETs
-
-
-class Item(peewee.Model):
-    """The row every workload commits: about 150 bytes, no secondary index (one page a commit)."""
-
-    name = peewee.CharField()
-    value = peewee.IntegerField()
-    payload = peewee.TextField()
-
-    class Meta:
-        table_name = "item"
-
-
-_ALPHABET = string.ascii_letters + string.digits
-
-
-def insert_one() -> None:
-    Item.create(name="".join(random.choices(_ALPHABET, k=16)), value=random.randrange(10**9),
-                payload="".join(random.choices(_ALPHABET, k=120)))
 
 
 @dataclass(frozen=True)
