@@ -34,13 +34,27 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
 
 
+# End-to-end suites whose moto variants run only with --runslow: SeaweedFS, the real server,
+# runs them by default (and moto in-process shares the tests' GIL, so it is the slower of the
+# two here). The suites at the storage's level — storage, lease, fence, fencing, probe and the
+# rest — run on moto by default, where the two servers' conditional writes differ.
+MOTO_WITH_RUNSLOW = {"test_cli.py", "test_crash.py", "test_database.py", "test_faults.py",
+                     "test_handover.py", "test_races.py", "test_restore.py"}
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow")
     for item in items:
-        if "slow" in item.keywords:
+        if "slow" in item.keywords or _moto_variant_of_an_end_to_end_suite(item):
             item.add_marker(skip)
+
+
+def _moto_variant_of_an_end_to_end_suite(item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return (os.path.basename(str(item.fspath)) in MOTO_WITH_RUNSLOW
+            and "moto" in params.values())
 
 
 @pytest.fixture(scope="session")

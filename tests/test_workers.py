@@ -178,6 +178,9 @@ def kill_the_replicating_worker_under_load(tmp_path, shared_kwargs, argv, starte
     after = started_workers(tmp_path, started_worker)[len(before):]
     if replicator == "process":  # helpers, never workers
         assert killed not in before and took_over not in before + after
+        deadline = time.monotonic() + 10  # it exits after it released the lease
+        while process_running(took_over) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert not process_running(took_over)  # gone after the last worker
         return Killing(killed, took_over, before, after, False, silence, helper=True)
     assert killed in before and took_over in before + after
