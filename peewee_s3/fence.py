@@ -80,15 +80,16 @@ def read_fence(storage: Storage, key: str) -> Optional[Fence]:
 
 
 def lineage_end(storage: Storage, layout: Layout, generation: str,
-                listed: list) -> int:
+                listed: list, floor: int = 0) -> int:
     """The last segment of `generation` in its lineage: the one before its first fence or
     torn key, or the last one stored. `listed` is (seq, size) of its wal/ keys in order (a
-    checked chain); only small objects at its end are fetched to tell a fence (none at all,
-    usually one)."""
-    return _tail(storage, layout, generation, listed)[0]
+    checked chain), or of those after `floor`, a segment known to be in the lineage; only
+    small objects at its end are fetched to tell a fence (none at all, usually one)."""
+    return _tail(storage, layout, generation, listed, floor)[0]
 
 
-def _tail(storage: Storage, layout: Layout, generation: str, listed: list) -> tuple:
+def _tail(storage: Storage, layout: Layout, generation: str, listed: list,
+          floor: int = 0) -> tuple:
     """(the lineage's last segment, whether a fence follows it), as in `lineage_end`."""
     end, fenced = len(listed), False
     while end and listed[end - 1][1] < MAX_STORED_SIZE:
@@ -99,7 +100,7 @@ def _tail(storage: Storage, layout: Layout, generation: str, listed: list) -> tu
             end, fenced = end - 1, True
         else:
             break
-    return (listed[end - 1][0] if end else 0), fenced
+    return (listed[end - 1][0] if end else floor), fenced
 
 
 def fence_generation(storage: Storage, layout: Layout, generation: str, listed: list, *,

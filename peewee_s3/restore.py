@@ -79,12 +79,14 @@ def segment_seqs(storage: Storage, layout: Layout, generation: str) -> list:
     return [seq for seq, _ in segment_sizes(storage, layout, generation)]
 
 
-def segment_sizes(storage: Storage, layout: Layout, generation: str) -> list:
-    """(seq, size) of a generation's segments in order, checked to run 1, 2, 3… without a gap."""
+def segment_sizes(storage: Storage, layout: Layout, generation: str, after: int = 0) -> list:
+    """(seq, size) of a generation's segments in order, checked to run 1, 2, 3… without a gap;
+    those after `after` only, checked to run after+1, after+2, …"""
+    start_after = layout.segment(generation, after) if after else ""
     found = sorted((layout.segment_seq(i.key), i.size)
-                   for i in storage.list(layout.segments(generation)))
+                   for i in storage.list(layout.segments(generation), start_after))
     found = [(seq, size) for seq, size in found if seq]
-    for expected, (seq, _) in enumerate(found, start=1):
+    for expected, (seq, _) in enumerate(found, start=after + 1):
         if seq != expected:
             raise ReplicaCorruptError(
                 f"segment {layout.segment(generation, expected)} is missing from the chain "
@@ -222,25 +224,47 @@ def read_plan(storage: Storage, layout: Layout, generation: str, until_seq: Opti
               merged: bool = True) -> list:
     """The objects that rebuild a generation through `until_seq` (or, if None, the end of its
     lineage: its last segment before any fence), in order: (first seq, last seq, key, size) of
-    merged segments where they cover the way, of single segments elsewhere. The segments'
-    chain is checked whole either way."""
-    listed = segment_sizes(storage, layout, generation)
+    merged segments where they cover the way, of single segments elsewhere.
+
+    The segments are listed only after the merged segments that run from segment 1: those
+    stand for segments their writer stored, each before any fence, so the lineage goes at
+    least that far. The chain is checked from there (all of it when `merged` is False)."""
+    runs = _merged_runs(storage, layout, generation) if merged else {}
+    plan: list = []
+    while step := _longest(runs, plan[-1][1] + 1 if plan else 1, until_seq):
+        plan.append(step)
+    covered = plan[-1][1] if plan else 0
+    listed = segment_sizes(storage, layout, generation, after=covered)
     if until_seq is None:
-        until_seq = lineage_end(storage, layout, generation, listed)
+        until_seq = lineage_end(storage, layout, generation, listed, floor=covered)
     sizes = {seq: size for seq, size in listed if seq <= until_seq}
-    end = max(sizes, default=0)
-    longest: dict = {}
-    for info in storage.list(layout.merged_segments(generation)) if merged else ():
-        span = layout.merged_range(info.key)
-        if span and span[0] >= 1 and span[0] < span[1] <= end and info.size \
-                and span[1] > longest.get(span[0], (0,))[0]:   # (size 0: a torn upload)
-            longest[span[0]] = (span[1], info.key, info.size)
-    plan, seq = [], 1
+    seq, end = covered + 1, max(sizes, default=covered)
     while seq <= end:
-        last, key, size = longest.get(seq) or (seq, layout.segment(generation, seq), sizes[seq])
-        plan.append((seq, last, key, size))
-        seq = last + 1
+        step = (_longest(runs, seq, end)
+                or (seq, seq, layout.segment(generation, seq), sizes[seq]))
+        plan.append(step)
+        seq = step[1] + 1
     return plan
+
+
+def _merged_runs(storage: Storage, layout: Layout, generation: str) -> dict:
+    """first seq -> [(last seq, key, size)] of the generation's merged segments, longest first
+    (size 0, a torn upload, is left out)."""
+    runs: dict = {}
+    for info in storage.list(layout.merged_segments(generation)):
+        span = layout.merged_range(info.key)
+        if span and 1 <= span[0] < span[1] and info.size:
+            runs.setdefault(span[0], []).append((span[1], info.key, info.size))
+    for found in runs.values():
+        found.sort(reverse=True)
+    return runs
+
+
+def _longest(runs: dict, seq: int, end: Optional[int]) -> Optional[tuple]:
+    """(first, last, key, size) of the longest merged segment from `seq` not past `end` (if
+    given), or None."""
+    run = next((r for r in runs.get(seq, ()) if end is None or r[0] <= end), None)
+    return (seq, *run) if run else None
 
 
 class _SegmentReader:

@@ -250,3 +250,30 @@ def test_the_writer_merges_its_merged_segments_and_a_restore_reads_the_longest(
     state = restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
     assert (state.seq, state.commits) == (13, 13)
     assert rows_in_file(tmp_path / "r.db") == [f"note {i:02d}" for i in range(12)]
+
+
+def test_a_latest_restore_lists_only_the_segments_after_the_merged_ones(tmp_path, storage_kwargs,
+                                                                       merged_store):
+    """A segment missing under a merged segment that runs from segment 1 does not stop a
+    restore of the latest state, which never lists it; a point-in-time restore, which reads
+    every segment, and a gap after the merged ones, which the latest state needs, do."""
+    db, generation, merged = merged_store
+    first, last = Layout.merged_range(merged[0])
+    assert first == 1
+    wal = f"{NAME}/generations/{generation}/wal/"
+    with open_storage(**storage_kwargs) as storage:
+        storage.delete(f"{wal}{last - 1:010d}.seg")
+    state = restore(target=str(tmp_path / "r.db"), database_name=NAME, **storage_kwargs)
+    assert state.commits == 13
+    assert rows_in_file(tmp_path / "r.db") == [f"note {i:02d}" for i in range(12)]
+    with pytest.raises(ReplicaCorruptError, match=f"{last - 1:010d}.seg is missing"):
+        restore(target=str(tmp_path / "t.db"), database_name=NAME, timestamp=time.time(),
+                **storage_kwargs)
+    # Without the last merged segment, the one after those left is needed, and missed.
+    assert len(merged) >= 2
+    covered = Layout.merged_range(merged[-2])[1]
+    with open_storage(**storage_kwargs) as storage:
+        storage.delete(merged[-1])
+        storage.delete(f"{wal}{covered + 1:010d}.seg")
+    with pytest.raises(ReplicaCorruptError, match=f"{covered + 1:010d}.seg is missing"):
+        restore(target=str(tmp_path / "u.db"), database_name=NAME, **storage_kwargs)

@@ -141,6 +141,7 @@ def test_keys_are_relative_to_a_nested_root(storage_kwargs):
     with open_storage(**kwargs) as nested, open_storage(**storage_kwargs) as top:
         nested.write("db/lock.json", b"x")
         assert nested.list("") == [ObjectInfo("db/lock.json", 1)]
+        assert nested.list("db/", start_after="db/a") == [ObjectInfo("db/lock.json", 1)]
         assert top.read("some/root/db/lock.json") == b"x"
 
 
@@ -269,6 +270,16 @@ def test_wrong_credentials_say_to_check_them(seaweed_endpoint, make_bucket, s3_k
             with pytest.raises(StorageError, match="denied.*check the credentials") as caught:
                 _attempt(storage, operation)
             assert_no_secret(caught.value, storage)
+
+
+def test_list_after_a_key_gives_only_the_keys_after_it(storage):
+    for seq in range(1, 6):
+        storage.write(f"db/wal/{seq:010d}.seg", b"s")
+    storage.write("db/wal2", b"x")  # beside the prefix, not in it
+    after = storage.list("db/wal/", start_after="db/wal/0000000003.seg")
+    assert [o.key for o in after] == ["db/wal/0000000004.seg", "db/wal/0000000005.seg"]
+    assert storage.list("db/wal/", start_after="db/wal/0000000005.seg") == []
+    assert len(storage.list("db/wal/", start_after="db/wal/")) == 5
 
 
 def test_endpoint_not_listening_says_it_cannot_be_reached(s3_kwargs):

@@ -131,8 +131,11 @@ class Storage:
         with self._errors(key):
             return self.fs.isfile(self._path(key))
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        """Every object whose key starts with `prefix`, at any depth, sorted by key."""
+    def list(self, prefix: str = "", start_after: str = "") -> list[ObjectInfo]:
+        """Every object whose key starts with `prefix`, at any depth, sorted by key; only
+        those after the key `start_after`, if given (S3 lists from there)."""
+        if start_after:
+            return [o for o in self.list(prefix) if o.key > start_after]
         folder = prefix.rpartition("/")[0]
         with self._errors(prefix or "/"):
             found = self.fs.find(self._path(folder) if folder else self.root, detail=True)

@@ -15,7 +15,7 @@ from fsspec.asyn import sync
 
 from ..errors import ConfigurationError, ObjectNotFoundError
 from ..ranges import default_streams, download_ranges, worth_it
-from .base import CHUNK_SIZE, Progress, Storage, Tag, _report, _write_local
+from .base import CHUNK_SIZE, ObjectInfo, Progress, Storage, Tag, _report, _write_local
 from .redaction import _safe_url
 
 STREAM_PIECE = 2**20  # what an S3 download hands to the caller's file at a time
@@ -120,6 +120,23 @@ class S3Storage(Storage):
             finally:
                 body.close()
         return total
+
+    def list(self, prefix: str = "", start_after: str = "") -> list[ObjectInfo]:
+        """As Storage.list; after `start_after`, by ListObjectsV2's StartAfter: a restore lists
+        only the segments after the last merged one, not the thousands before it."""
+        if not start_after:
+            return super().list(prefix)
+        objects, page = [], {"IsTruncated": True}
+        with self._errors(prefix or "/"):
+            while page.get("IsTruncated"):
+                more = ({"ContinuationToken": page["NextContinuationToken"]}
+                        if "NextContinuationToken" in page else {})
+                page = self.fs.call_s3("list_objects_v2", Bucket=self.bucket,
+                                       Prefix=self._prefix + prefix,
+                                       StartAfter=self._prefix + start_after, **more)
+                objects += [ObjectInfo(o["Key"][len(self._prefix):], o["Size"])
+                            for o in page.get("Contents", ()) if not o["Key"].endswith("/")]
+        return objects
 
     def close(self) -> None:
         creator = getattr(self.fs, "_s3creator", None)

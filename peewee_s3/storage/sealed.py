@@ -56,8 +56,8 @@ class SealedStorage(Storage):
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        listed = self.inner.list(prefix)
+    def list(self, prefix: str = "", start_after: str = "") -> list[ObjectInfo]:
+        listed = self.inner.list(prefix, start_after)
         if not self.keyring:
             return listed
         return [ObjectInfo(o.key, plain_size(o.size)) if self._sealed(o.key) else o
