@@ -38,8 +38,11 @@ def pytest_addoption(parser):
 # runs them by default (and moto in-process shares the tests' GIL, so it is the slower of the
 # two here). The suites at the storage's level — storage, lease, fence, fencing, probe and the
 # rest — run on moto by default, where the two servers' conditional writes differ.
-MOTO_WITH_RUNSLOW = {"test_cli.py", "test_crash.py", "test_database.py", "test_faults.py",
-                     "test_handover.py", "test_races.py", "test_restore.py"}
+MOTO_WITH_RUNSLOW = {"test_async.py", "test_cli.py", "test_crash.py", "test_database.py",
+                     "test_encryption.py", "test_examples.py", "test_faults.py",
+                     "test_handover.py", "test_host.py", "test_merging.py", "test_races.py",
+                     "test_restore.py", "test_sharing.py", "test_snapshots.py",
+                     "test_workers.py"}
 
 
 def pytest_collection_modifyitems(config, items):
