@@ -192,27 +192,26 @@ class Replicator:
     def _run(self) -> Optional[float]:
         """One run of the job: a tick, unless the last shipment was less than sync_interval
         ago (then the tick runs once that has passed: postponed once, so that sync-mode
-        commits shipping all the time never keep renewals away); returns when to run next,
-        None to stop."""
+        commits shipping all the time never keep renewals away; merged segments due are
+        stored meanwhile); returns when to run next, None to stop."""
         if self.fenced:
             return None
         wait = self._until_interval()
-        postpone = wait > 0 and not self._urgent and not self._postponed
-        if postpone and not self.merger.due:
+        if wait > 0 and not self._urgent and not self._postponed:
+            if self.merger.due:  # woken by _upload_segment: only that, the tick still waits
+                return self._attempt(self._store_merged, wait)
             self._postponed = True
             return wait
         urgent = self._urgent
-        if not postpone:
-            self._woken = self._urgent = self._postponed = False
+        self._woken = self._urgent = self._postponed = False
+        return self._attempt(lambda: self._tick_answering(urgent), self._next_tick())
+
+    def _attempt(self, work: Callable[[], None], then: float) -> Optional[float]:
+        """Run `work` under the I/O lock; `then` if it went well, None once fenced, a retry
+        after sync_interval if it failed."""
         try:
             with self._io:
-                published = self._publications
-                if postpone:
-                    self._store_merged()  # woken by a merge due (_upload_segment): only that
-                else:
-                    self._tick()
-                if urgent and self._publications == published:
-                    self.publish_durable()  # a member waits: where we stand, though unchanged
+                work()
             self.last_error = None
             if self._prune_due:
                 self.prune()
@@ -223,7 +222,13 @@ class Replicator:
             self.errors[type(exc).__name__] += 1
             log.warning("replication of %s failed, will retry: %s", self.layout.base, exc)
             return self.options.sync_interval
-        return wait if postpone else self._next_tick()
+        return then
+
+    def _tick_answering(self, urgent: bool) -> None:
+        published = self._publications
+        self._tick()
+        if urgent and self._publications == published:
+            self.publish_durable()  # a member waits: where we stand, though unchanged
 
     def _tick(self) -> None:
         if time.monotonic() - self._last_renewal >= self.options.renew_every:
@@ -416,9 +421,9 @@ class Replicator:
         s.segments_uploaded += 1
         s.commits_uploaded += len(read.ends)
         self.merger.add(segment, len(data))
-        if self.merger.due:
-            self._wake(0.0)  # stored at once, not at the next tick: a writer that stops first
-        self.write_sidecar()  # would leave a restore its segments to read one by one
+        if self.merger.due:  # stored at once, not at the next tick: a writer that stopped
+            self._wake(0.0)  # first would leave a restore its segments to read one by one
+        self.write_sidecar()
         self.publish_durable()
         log.info("shipped %d commits of %s as %s (%d bytes)", len(read.ends),
                  self.layout.base, key, len(data))
