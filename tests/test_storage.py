@@ -292,6 +292,26 @@ def test_endpoint_not_listening_says_it_cannot_be_reached(s3_kwargs):
         assert_no_secret(caught.value, storage)
 
 
+def test_a_directory_storage_never_imports_the_s3_stack(tmp_path):
+    """aiohttp, botocore and s3fs cost a file:// user half a second and 30 MiB at start."""
+    script = f"""
+import sys, peewee_s3
+db = peewee_s3.S3SqliteDatabase({str(tmp_path / 'a.db')!r}, storage={f'file://{tmp_path}/s'!r},
+                                database_name="a", sync_mode="sync")
+db.connect()
+db.execute_sql("CREATE TABLE t (x)")
+db.execute_sql("INSERT INTO t VALUES (1)")
+db.shutdown()
+peewee_s3.restore(target={str(tmp_path / 'b.db')!r}, storage={f'file://{tmp_path}/s'!r},
+                  database_name="a")
+print(sorted(m for m in ("aiohttp", "botocore", "s3fs", "aiobotocore") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 @pytest.mark.slow
 def test_one_gib_streams_in_little_memory(seaweed_endpoint, make_bucket, s3_kwargs, tmp_path):
     source = tmp_path / "big"

@@ -11,14 +11,12 @@ import io
 from dataclasses import dataclass
 from typing import IO, Callable, Iterator, Optional
 
-import aiohttp
 import fsspec
-from botocore.exceptions import BotoCoreError
 
 from ..errors import (
     LocalWriteError, ObjectNotFoundError, PeeweeS3Error, PreconditionFailedError, TornObjectError,
 )
-from .translation import _translate
+from .translation import _is_backend_error, _translate
 
 CHUNK_SIZE = 8 * 2**20  # one part of a streamed transfer; about one part is in memory at a time
 
@@ -187,7 +185,9 @@ class Storage:
             yield
         except PeeweeS3Error:
             raise
-        except (OSError, BotoCoreError, aiohttp.ClientError) as error:
+        except Exception as error:
+            if not _is_backend_error(error):
+                raise
             raise _translate(error, key, self, conditional=conditional) from error
 
 

@@ -1,22 +1,34 @@
 """storage.translation: the one place that turns fsspec, s3fs, botocore and OS errors into
 `peewee_s3.errors` exceptions, with a message that says what to do next and holds no secret.
 
-Callers never look at error codes: they catch what this module returns.
+Callers never look at error codes: they catch what this module returns. botocore and aiohttp are
+looked up, never imported: an error of a library that was never imported cannot have been raised,
+and importing aiohttp costs a quarter of a second that a `file://` user or the CLI should not pay.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Optional
-
-import aiohttp
-from botocore.exceptions import ConnectionError as EndpointUnreachable
-from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 
 from ..errors import ObjectNotFoundError, PreconditionFailedError, StorageError
 from .redaction import _redact
 
 if TYPE_CHECKING:
     from .base import Storage
+
+
+def _is_backend_error(error: BaseException) -> bool:
+    """Whether `error` came from the OS, fsspec, s3fs, botocore or aiohttp (and so is ours to
+    translate)."""
+    return isinstance(error, (OSError, *_loaded("botocore.exceptions", "BotoCoreError"),
+                              *_loaded("aiohttp", "ClientError")))
+
+
+def _loaded(module: str, *names: str) -> tuple[type, ...]:
+    """The classes `names` of `module` if it is imported, else none."""
+    found = sys.modules.get(module)
+    return tuple(getattr(found, name) for name in names) if found else ()
 
 
 def _translate(
@@ -47,12 +59,14 @@ def _translate(
             f"access to {target} was denied ({code}): check the credentials (access key id, "
             "secret access key, session token) and that they may read and write this bucket"
         )
-    if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
+    if isinstance(error, _loaded("botocore.exceptions", "NoCredentialsError",
+                                 "PartialCredentialsError")):
         return StorageError(
             f"no usable credentials for {storage.describe()}: pass credentials="
             "{'access_key_id': ..., 'secret_access_key': ...} or set the AWS_* variables"
         )
-    if isinstance(error, (EndpointUnreachable, aiohttp.ClientConnectionError)):
+    if isinstance(error, (*_loaded("botocore.exceptions", "ConnectionError"),
+                          *_loaded("aiohttp", "ClientConnectionError"))):
         return StorageError(
             f"cannot reach the endpoint of {storage.describe()}: check endpoint_url and that the "
             f"server is running ({_redact(str(error), storage._secrets)})"
