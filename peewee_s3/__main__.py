@@ -1,4 +1,4 @@
 """`python -m peewee_s3`: the same command as the `peewee-s3` script."""
-from .cli import main
+from .cli import run
 
-raise SystemExit(main())
+run()

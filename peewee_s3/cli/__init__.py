@@ -6,6 +6,7 @@ on stderr and exit 1; no secret is ever printed. Progress bars appear on a termi
 """
 from __future__ import annotations
 
+import gc
 import sqlite3
 import sys
 import traceback
@@ -19,7 +20,7 @@ from .output import redact, say_error, stdout_closed
 from .parser import build_parser
 from .snapshot import cmd_snapshot, explain_snapshot
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -54,3 +55,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"{'' if args.verbose else '; run with --verbose for the traceback'})",
                       hidden)
             return 1
+
+
+def run() -> None:
+    """The `peewee-s3` script and `python -m peewee_s3`: `main()`, then exit.
+
+    Before the interpreter's teardown the collector is frozen: it would otherwise walk and free
+    botocore's service model object by object, a fifth of a second of a restore's run from the
+    shell. Nothing is left to clean up by then: `main()` has closed the database and storage.
+    """
+    status = main()
+    gc.disable()
+    gc.freeze()
+    sys.exit(status)
