@@ -30,8 +30,17 @@ def clean_aws_env() -> dict:
 
 def python_module(module: str, *args: str, **popen) -> subprocess.Popen:
     """`python -m bench.<module> args...` as a child process."""
+    return subprocess.Popen([sys.executable, "-m", f"bench.{module}", *args],
+                            env=python_env(), **popen)
+
+
+def python_env() -> dict:
+    """A Python child's environment: the bench's credentials, and its modules' bytecode cached
+    as an installed package has it (this machine sets PYTHONDONTWRITEBYTECODE, which would
+    compile them again in every child, some inside a timed step)."""
     env = dict(clean_aws_env(), PYTHONPATH=repo_root())
-    return subprocess.Popen([sys.executable, "-m", f"bench.{module}", *args], env=env, **popen)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def repo_root() -> str:

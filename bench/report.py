@@ -20,6 +20,7 @@ LABELS = {
     "s3-sync": "peewee-s3 sync",
     "s3": "peewee-s3",
     "s3-ranged": "peewee-s3, 4 ranged GETs",
+    "s3-cli": "peewee-s3 command",  # `peewee-s3 restore`, process start to exit
     "seed-async": "seed's way async",
     "seed-sync": "seed's way sync",
     "litestream": "Litestream 0.5.17",
@@ -62,6 +63,12 @@ def _get(m: Medians, *names: str) -> Optional[tuple]:
     return tuple(m[n] for n in names) if all(n in m for n in names) else None
 
 
+def _process(m: Medians) -> str:
+    """The peewee-s3 row to hold against Litestream's restore, which is a whole process: the
+    `peewee-s3 restore` command's (start to exit), or the library call's in older results."""
+    return "s3-cli" if "s3-cli" in m else "s3"
+
+
 FIGURES = {
     "P1": Figure("P1", "single-row inserts per second (commit path)", "/s", ref="plain",
                  goal_text="async >= 0.95 x plain",
@@ -93,9 +100,11 @@ FIGURES = {
                          goal=_lag_goal(0.1)),
     "P5.restore": Figure("P5", "restore time, {size} + {commits} commits", "s", fmt="{:.2f}",
                          ref="download",
-                         goal_text="<= {restore_ratio:g} x download, <= 0.5 x Litestream",
-                         goal=lambda m, _, settings: (v := _get(m, "s3", "litestream", "download"))
-                         and v[0] <= 0.5 * v[1] and v[0] <= restore_ratio(settings) * v[2]),
+                         goal_text="<= {restore_ratio:g} x download; the command <= 0.5 x "
+                         "Litestream's",
+                         goal=lambda m, _, settings: (v := _get(m, "s3", "download"))
+                         and (c := _get(m, _process(m), "litestream"))
+                         and v[0] <= restore_ratio(settings) * v[1] and c[0] <= 0.5 * c[1]),
     "P5.cpu": Figure("P5", "... CPU seconds of the restoring process (start to exit)", "s",
                      fmt="{:.2f}"),
     "P5.snapshot": Figure("P5", "first full upload of the {size} database", "s", fmt="{:.2f}"),
@@ -103,8 +112,8 @@ FIGURES = {
                           goal_text="< 100 MB",
                           goal=lambda m, *_: "s3" in m and m["s3"] < 100 * MB_IN_MiB),
     "P6.restore": Figure("P6", "peak RSS of the restore, {size} database", "MiB",
-                         goal_text="< 100 MB, <= Litestream's",
-                         goal=lambda m, *_: (v := _get(m, "s3", "litestream"))
+                         goal_text="< 100 MB; the command <= Litestream's",
+                         goal=lambda m, *_: (v := _get(m, _process(m), "litestream"))
                          and v[0] < 100 * MB_IN_MiB and v[0] <= v[1]),
     "P6.idle": Figure("P6", "RSS of the process before the step (imports, no work)", "MiB"),
     "P7.total": Figure("P7", "uploaded per hour, {trickle:g} commits/s into the {size} db",

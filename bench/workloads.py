@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Callable, Iterator, Optional
 
 import peewee
 
-from bench.processes import clean_aws_env, python_module, wait_peak_rss
+from bench.processes import REGION, clean_aws_env, python_env, python_module, wait_peak_rss
 from bench.proxy import CountingProxy, Traffic
 from bench.rows import Item, insert_one
 from bench.servers import S3Server, s3_client
@@ -367,6 +368,11 @@ def _peewee_s3_restore(bench: Bench, p5: bool, p6: bool) -> list:
         ranged = _run_child("restore", out + "-ranged", target.bucket, target.endpoint,
                             str(RANGED_STREAMS))["restore"]
         os.remove(out + "-ranged")
+        cli, cli_rss = _cli_restore(target, out + "-cli")
+        if _items(out + "-cli") != s.restore_commits:
+            raise RuntimeError(f"the CLI restored {_items(out + '-cli')} commits, not "
+                               f"{s.restore_commits}")
+        os.remove(out + "-cli")
         stored = _stored_snapshot_download(target, os.path.join(os.path.dirname(path), "dl.db"))
         download = _plain_download(bench, target, os.path.join(os.path.dirname(path), "dl.db"),
                                    out)
@@ -377,7 +383,9 @@ def _peewee_s3_restore(bench: Bench, p5: bool, p6: bool) -> list:
               f"{wrote['commits']['seconds']:.1f} s, restore {restore['seconds']:.2f} s "
               f"({restore['segments']} segments; {requests.get('GET')} GETs, "
               f"{requests.total} requests; {cpu['seconds']:.2f} CPU s), {ranged['seconds']:.2f} s with "
-              f"{RANGED_STREAMS} ranged GETs, plain download {download:.2f} s (the stored, "
+              f"{RANGED_STREAMS} ranged GETs, {cli:.2f} s and {cli_rss / MiB:.0f} MiB as the "
+              f"`peewee-s3 restore` command (process start to exit), "
+              f"plain download {download:.2f} s (the stored, "
               f"compressed snapshot: {stored:.2f} s); peak RSS "
               f"snapshot {snap['rss'] / MiB:.0f} MiB, restore {restore['rss'] / MiB:.0f} MiB")
     results = []
@@ -385,13 +393,32 @@ def _peewee_s3_restore(bench: Bench, p5: bool, p6: bool) -> list:
         results += [Result("P5.restore", "s3", restore["seconds"]),
                     Result("P5.cpu", "s3", cpu["seconds"]),
                     Result("P5.restore", "s3-ranged", ranged["seconds"]),
+                    Result("P5.restore", "s3-cli", cli),
                     Result("P5.restore", "download", download),
                     Result("P5.snapshot", "s3", snap["seconds"])]
     if p6:
         results += [Result("P6.snapshot", "s3", snap["rss"] / MiB),
                     Result("P6.restore", "s3", restore["rss"] / MiB),
+                    Result("P6.restore", "s3-cli", cli_rss / MiB),
                     Result("P6.idle", "s3", snap["rss_idle"] / MiB)]
     return results
+
+
+def _cli_restore(target: Target, out: str) -> tuple:
+    """`peewee-s3 restore` from process start to exit, as Litestream's restore is timed, and its
+    peak RSS; a `--help` first caches the modules' bytecode (see python_env)."""
+    env = python_env()
+    command = [sys.executable, "-m", "peewee_s3", "restore", "--storage",
+               f"s3://{target.bucket}/{PREFIX}", "--database-name", "db", "--endpoint-url",
+               target.endpoint, "--force-path-style", "--region", REGION, "-o", out]
+    subprocess.run(command[:4] + ["--help"], env=env, stdout=subprocess.DEVNULL, check=True)
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    rss = wait_peak_rss(process, timeout=3600)
+    seconds = time.monotonic() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"peewee-s3 restore failed: {process.stdout.read()[-2000:]!r}")
+    return seconds, rss
 
 
 def _plain_download(bench: Bench, target: Target, into: str, database: str) -> float:
