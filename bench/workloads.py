@@ -412,12 +412,17 @@ def _cli_restore(target: Target, out: str) -> tuple:
                f"s3://{target.bucket}/{PREFIX}", "--database-name", "db", "--endpoint-url",
                target.endpoint, "--force-path-style", "--region", REGION, "-o", out]
     subprocess.run(command[:4] + ["--help"], env=env, stdout=subprocess.DEVNULL, check=True)
+    return _timed_process("peewee-s3 restore", command, env)
+
+
+def _timed_process(name: str, command: list, env: dict) -> tuple:
+    """Run `command` to its exit; returns (seconds from start to exit, its peak RSS)."""
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     rss = wait_peak_rss(process, timeout=3600)
     seconds = time.monotonic() - started
     if process.returncode != 0:
-        raise RuntimeError(f"peewee-s3 restore failed: {process.stdout.read()[-2000:]!r}")
+        raise RuntimeError(f"{name} failed: {process.stdout.read()[-2000:]!r}")
     return seconds, rss
 
 
@@ -469,16 +474,11 @@ def _litestream_restore(bench: Bench, p5: bool, p6: bool) -> list:
         system.settle()
         system.stop()
         out = os.path.join(os.path.dirname(path), "restored.db")
-        started = time.monotonic()
         with children_cpu() as cpu:
-            process = subprocess.Popen(
-                [litestream_binary(), "restore", "-config", system.config, "-integrity-check",
-                 "full", "-o", out, path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                env=clean_aws_env())
-            rss = wait_peak_rss(process, timeout=3600)
-        seconds = time.monotonic() - started
-        if process.returncode != 0:
-            raise RuntimeError(f"litestream restore failed: {process.stdout.read()[-2000:]!r}")
+            seconds, rss = _timed_process(
+                "litestream restore", [litestream_binary(), "restore", "-config", system.config,
+                                       "-integrity-check", "full", "-o", out, path],
+                clean_aws_env())
         if _items(out) != s.restore_commits:
             raise RuntimeError(f"Litestream restored {_items(out)} commits, not "
                                f"{s.restore_commits}")
